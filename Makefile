@@ -1,0 +1,60 @@
+# kaon — run `make help` for the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KAON := $(VENV)/bin/kaon
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup rig-build rig-up rig-down rig-status test unit lint crds verify demo bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install kaon with its dev tools
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+rig-build: setup ## build (or reuse from ~/.cache/kaon) the rig's Kubernetes, etcd, kwok, helm binaries
+	$(KAON) rig build
+
+rig-up: setup ## start the hub and member clusters (idempotent)
+	$(KAON) rig up
+
+rig-down: setup ## delete the rig's clusters and state
+	$(KAON) rig down
+
+rig-status: setup ## clusters, pools and health
+	$(KAON) rig status
+
+lint: setup ## ruff, mypy, import layers
+	$(VENV)/bin/ruff check operator kernels tests
+	$(VENV)/bin/ruff format --check operator kernels tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: setup ## unit tests only (no cluster)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test: lint rig-build ## lint, then unit + integration + e2e tests against the local rig
+	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+demo: rig-up ## bring up the rig and run a GPU pod through the real scheduler and kwok stages
+	@source <($(KAON) rig env) && set -x && \
+	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" get nodes -L kaon.dev/pool,kaon.dev/accelerator && \
+	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" delete pod gpu-demo --ignore-not-found --wait && \
+	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" apply -f examples/rig/gpu-pod.yaml && \
+	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" wait pod/gpu-demo --for=jsonpath='{.status.phase}'=Running --timeout=60s && \
+	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" get pod gpu-demo -o wide && \
+	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" wait pod/gpu-demo --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s && \
+	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" get pod gpu-demo \
+	    -o jsonpath='{.spec.nodeName}: {.status.containerStatuses[0].state.terminated.message}{"\n"}'
+	@echo "The rig stays up: 'source <($(KAON) rig env)' to use it by hand, 'make rig-down' to remove it."
+
+clean: ## remove the virtual environment and caches inside the repo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench

@@ -1,0 +1,263 @@
+"""Bring the local multi-cluster rig up and down with kwokctl's binary runtime.
+
+Each cluster is a real etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok,
+run as local processes. `up` is idempotent: running clusters are reused, stopped ones restarted,
+ones built from an older configuration replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes import client
+
+from kaon.rig import build, paths
+from kaon.rig.config import (
+    GPU_RESOURCE,
+    POOL_LABEL,
+    RIG_LABEL,
+    RigCluster,
+    RigConfig,
+    node_manifests,
+    stages_text,
+)
+from kaon.rig.kube import (
+    Obj,
+    api_client,
+    create_node,
+    is_reachable,
+    list_nodes,
+    node_is_ready,
+    quantity,
+)
+from kaon.rig.versions import VERSIONS
+
+CONFIG_STAMP = "kaon-rig.sha256"
+NODE_READY_TIMEOUT_S = 120
+
+
+class RigError(RuntimeError):
+    pass
+
+
+def _log(msg: str) -> None:
+    print(f"[kaon rig] {msg}", file=sys.stderr, flush=True)
+
+
+def _kwok_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        KWOK_WORKDIR=str(paths.rig_dir()),
+        KWOK_RUNTIME="binary",
+        KWOK_KUBE_BINARY_PREFIX=str(paths.kube_bin_dir()),
+        KWOK_ETCD_BINARY=str(paths.etcd_binary()),
+        KWOK_CONTROLLER_BINARY=str(paths.kwok_bin_dir() / "kwok"),
+    )
+    return env
+
+
+def _kwokctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(paths.kwokctl_binary()), *args],
+        check=False,
+        env=_kwok_env(),
+        capture_output=True,
+        text=True,
+    )
+    if check and proc.returncode != 0:
+        raise RigError(f"kwokctl {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _stages_file() -> Path:
+    path = paths.rig_dir() / "stages.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = stages_text()
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def _create_args(name: str) -> list[str]:
+    return [
+        "create",
+        "cluster",
+        "--name",
+        name,
+        "--disable-qps-limits",
+        "--config",
+        str(_stages_file()),
+        # The binary runtime starts kwok with --manage-all-nodes=true; later flags win, so kwok
+        # leaves nodes without the fake-node annotation to a process agent.
+        "--extra-args",
+        "kwok-controller=manage-all-nodes=false",
+        "--extra-args",
+        "kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        "--wait",
+        "2m",
+    ]
+
+
+def _config_digest(name: str) -> str:
+    h = hashlib.sha256()
+    h.update(stages_text().encode())
+    h.update(" ".join(_create_args(name)).encode())
+    h.update(repr(VERSIONS).encode())
+    return h.hexdigest()
+
+
+def _cluster_dir(name: str) -> Path:
+    return paths.rig_dir() / "clusters" / name
+
+
+def existing_clusters() -> list[str]:
+    if not paths.kwokctl_binary().exists():
+        return []
+    out = _kwokctl("get", "clusters", check=False).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _ensure_cluster(name: str) -> str:
+    """Make the cluster run with the current configuration; returns what was done."""
+    kubeconfig = paths.kubeconfig_path(name)
+    stamp = _cluster_dir(name) / CONFIG_STAMP
+    digest = _config_digest(name)
+    exists = name in existing_clusters()
+    if exists and (not stamp.exists() or stamp.read_text() != digest):
+        _log(f"{name}: built from an older configuration, re-creating")
+        _kwokctl("delete", "cluster", "--name", name, check=False)
+        exists = False
+    if exists and is_reachable(kubeconfig):
+        return "reused"
+    if exists:
+        _log(f"{name}: stopped, starting")
+        if _kwokctl("start", "cluster", "--name", name, check=False).returncode == 0 and (
+            _wait_reachable(kubeconfig, 60)
+        ):
+            return "restarted"
+        _log(f"{name}: could not be restarted, re-creating")
+        _kwokctl("delete", "cluster", "--name", name, check=False)
+    _kwokctl(*_create_args(name))
+    stamp.write_text(digest)
+    if not _wait_reachable(kubeconfig, 60):
+        raise RigError(f"cluster {name} was created but its API server does not answer")
+    return "created"
+
+
+def _wait_reachable(kubeconfig: Path, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if is_reachable(kubeconfig):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _sync_nodes(cluster: RigCluster) -> None:
+    """Create the pools' nodes, remove rig nodes no longer described, wait until all are Ready."""
+    wanted = {m["metadata"]["name"]: m for m in node_manifests(cluster)}
+    selector = f"{RIG_LABEL}=true"
+    with api_client(paths.kubeconfig_path(cluster.name)) as api:
+        present = {n["metadata"]["name"] for n in list_nodes(api, selector)}
+        for name in present - wanted.keys():
+            client.CoreV1Api(api).delete_node(name)
+        for name in wanted.keys() - present:
+            create_node(api, wanted[name])
+        deadline = time.monotonic() + NODE_READY_TIMEOUT_S
+        while True:
+            nodes = list_nodes(api, selector)
+            ready = [n for n in nodes if node_is_ready(n)]
+            if len(ready) == len(wanted) == len(nodes):
+                return
+            if time.monotonic() > deadline:
+                raise RigError(
+                    f"cluster {cluster.name}: {len(ready)}/{len(wanted)} nodes Ready after "
+                    f"{NODE_READY_TIMEOUT_S}s"
+                )
+            time.sleep(0.5)
+
+
+def up(config: RigConfig) -> dict[str, str]:
+    """Build missing binaries, then make every cluster of the rig run with its node pools."""
+    build.build_all()
+    paths.rig_dir().mkdir(parents=True, exist_ok=True)
+
+    def one(cluster: RigCluster) -> str:
+        action = _ensure_cluster(cluster.name)
+        _sync_nodes(cluster)
+        return action
+
+    with ThreadPoolExecutor(max_workers=len(config.clusters)) as pool:
+        actions = dict(
+            zip([c.name for c in config.clusters], pool.map(one, config.clusters), strict=True)
+        )
+    for name, action in actions.items():
+        _log(f"{name}: {action}, kubeconfig {paths.kubeconfig_path(name)}")
+    return actions
+
+
+def down() -> list[str]:
+    """Delete every cluster in the rig's work directory, then the directory itself."""
+    names = existing_clusters()
+    for name in names:
+        _kwokctl("delete", "cluster", "--name", name, check=False)
+    shutil.rmtree(paths.rig_dir(), ignore_errors=True)
+    return names
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    name: str
+    nodes: int
+    ready: int
+    cpu: int
+    gpus: int
+
+    @classmethod
+    def of(cls, name: str, nodes: list[Obj]) -> PoolStatus:
+        def total(resource: str) -> int:
+            return int(
+                sum(quantity(n["status"].get("allocatable", {}).get(resource, "0")) for n in nodes)
+            )
+
+        return cls(
+            name, len(nodes), sum(map(node_is_ready, nodes)), total("cpu"), total(GPU_RESOURCE)
+        )
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    name: str
+    state: str  # running | unreachable | absent
+    server: str
+    pools: list[PoolStatus]
+
+
+def status(config: RigConfig) -> list[ClusterStatus]:
+    present = set(existing_clusters())
+    result = []
+    for cluster in config.clusters:
+        kubeconfig = paths.kubeconfig_path(cluster.name)
+        if cluster.name not in present:
+            result.append(ClusterStatus(cluster.name, "absent", "", []))
+        elif not is_reachable(kubeconfig):
+            result.append(ClusterStatus(cluster.name, "unreachable", "", []))
+        else:
+            with api_client(kubeconfig) as api:
+                server = str(api.configuration.host)
+                nodes = list_nodes(api)
+            pools: dict[str, list[Obj]] = {}
+            for n in nodes:
+                pool = n["metadata"].get("labels", {}).get(POOL_LABEL, "-")
+                pools.setdefault(pool, []).append(n)
+            stats = [PoolStatus.of(name, ns) for name, ns in sorted(pools.items())]
+            result.append(ClusterStatus(cluster.name, "running", server, stats))
+    return result
