@@ -38,10 +38,16 @@ lint: setup ## ruff, mypy, import layers
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+crds: setup ## generate crds/ and charts/kaon/crds/ from the pydantic models
+	$(KAON) crds crds charts/kaon/crds
+
+verify: setup ## fail when the generated CRDs differ from the models
+	$(KAON) crds --check crds charts/kaon/crds
+
 unit: setup ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test: lint rig-build ## lint, then unit + integration + e2e tests against the local rig
+test: lint verify rig-build ## lint, then unit + integration + e2e tests against the local rig
 	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
 demo: rig-up ## bring up the rig and run a GPU pod through the real scheduler and kwok stages

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kaon.api import render
 from kaon.rig import build, paths, rig
 from kaon.rig.config import RigConfig, load_config
 
@@ -71,9 +72,29 @@ def _rig_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crds(args: argparse.Namespace) -> int:
+    dirs = [Path(d) for d in args.dirs]
+    if args.check:
+        bad = {str(d): names for d in dirs if (names := render.stale(d))}
+        for where, names in bad.items():
+            print(f"kaon: {where}: out of date with kaon.api: {', '.join(names)}", file=sys.stderr)
+        if bad:
+            print("kaon: run 'make crds' and commit the result", file=sys.stderr)
+        return 1 if bad else 0
+    for d in dirs:
+        for path in render.write(d):
+            print(path)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    crds_p = sub.add_parser("crds", help="write the CRDs generated from kaon.api")
+    crds_p.add_argument("dirs", nargs="*", default=["crds"], help="output directories")
+    crds_p.add_argument("--check", action="store_true", help="fail if the files differ")
+    crds_p.set_defaults(func=_crds)
 
     rig_p = sub.add_parser("rig", help="the local multi-cluster Kubernetes rig (kwokctl)")
     rig_p.add_argument("--config", help="rig description (default: the packaged pools.yaml)")

@@ -1,0 +1,139 @@
+"""Types shared by every kaon resource: conditions, quantities, label selectors, tolerations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal, cast
+
+from kubernetes.utils import parse_quantity
+from pydantic import ConfigDict, Field
+
+from kaon_kernels.config import Spec, cel
+
+GROUP = "kaon.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# The API server's own pattern for resource quantities (as in resource.Quantity's OpenAPI).
+_NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+QUANTITY_PATTERN = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+Quantity = Annotated[
+    int | str,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]
+DNSLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]
+ShortString = Annotated[str, Field(max_length=253)]
+
+
+def quantity(value: int | str) -> Decimal:
+    """A resource quantity ("500m", "2Gi", 4) as a number of base units (cores, bytes, GPUs)."""
+    return cast(Decimal, parse_quantity(value))  # type: ignore[no-untyped-call]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Condition(Spec):
+    """A condition in the Kubernetes API conventions' shape."""
+
+    type: ShortString = Field(description="Type of the condition, e.g. Admitted or Running.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: ShortString = Field(
+        default="", description="Machine-readable CamelCase reason for the last transition."
+    )
+    message: Annotated[str, Field(max_length=32768)] = Field(
+        default="", description="Human-readable details of the last transition."
+    )
+    last_transition_time: ShortString = Field(
+        default="", description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int = Field(
+        default=0, ge=0, description="The .metadata.generation the condition was computed from."
+    )
+
+
+def conditions_field(description: str) -> Any:
+    return Field(
+        default_factory=list,
+        max_length=16,
+        description=description,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+
+
+class LabelSelectorRequirement(Spec):
+    """One requirement of a label selector."""
+
+    key: ShortString = Field(description="The label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="In, NotIn, Exists or DoesNotExist."
+    )
+    values: list[ShortString] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Values for In and NotIn; empty for Exists and DoesNotExist.",
+    )
+
+
+class LabelSelector(Spec):
+    """Labels an object must carry: matchLabels and matchExpressions, all ANDed."""
+
+    match_labels: dict[str, ShortString] = Field(
+        default_factory=dict, description="Labels that must be present with these values."
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, max_length=16, description="Set-based requirements."
+    )
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            if req.operator == "In" and (not present or labels[req.key] not in req.values):
+                return False
+            if req.operator == "NotIn" and present and labels[req.key] in req.values:
+                return False
+            if req.operator == "Exists" and not present:
+                return False
+            if req.operator == "DoesNotExist" and present:
+                return False
+        return True
+
+
+class Toleration(Spec):
+    """A toleration the pool's pods carry (core/v1 Toleration)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.operator) || self.operator != 'Exists' || !has(self.value)",
+                    "value must be empty when operator is Exists",
+                    ".value",
+                )
+            ]
+        }
+    )
+
+    key: ShortString | None = Field(default=None, description="Taint key; empty matches all.")
+    operator: Literal["Equal", "Exists"] | None = Field(
+        default=None, description="Equal (default) or Exists."
+    )
+    value: ShortString | None = Field(default=None, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated."
+    )
+
+    def to_k8s(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)

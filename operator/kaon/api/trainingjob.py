@@ -1,0 +1,234 @@
+"""TrainingJob: a gang of workers that trains one model, placed on one cluster and pool."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.config import JsonDict
+
+from kaon.api.common import (
+    Condition,
+    DNSLabel,
+    LabelSelector,
+    Quantity,
+    ShortString,
+    conditions_field,
+)
+from kaon_kernels.config import DataConfig, ModelConfig, Spec, TrainingConfig, cel
+
+DEFAULT_OBJECT: JsonDict = {"default": {}}
+
+
+class WorkerResources(Spec):
+    """What each worker needs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!has(self.gpuType) || self.gpus > 0", "gpuType requires gpus > 0", ".gpuType")
+            ]
+        }
+    )
+
+    cpu: Quantity = Field(default="1", description="CPU per worker (cores or millicores).")
+    memory: Quantity = Field(default="2Gi", description="Memory per worker.")
+    gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per worker on GPU pools.")
+    gpu_type: DNSLabel | None = Field(
+        default=None,
+        description="Accelerator type wanted (e.g. nvidia-a100) when no pool preference says.",
+    )
+
+
+class PoolPreference(Spec):
+    """One entry of an ordered list of pools to try: a kind, narrowed by accelerator or name."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.type == 'gpu' || !has(self.accelerator)",
+                    "accelerator applies to gpu pools only",
+                    ".accelerator",
+                )
+            ]
+        }
+    )
+
+    type: Literal["gpu", "cpu"] = Field(
+        description="gpu: pools with accelerators (workers get resources.gpus each); "
+        "cpu: pools without (workers run on CPU, GPUs dropped)."
+    )
+    accelerator: DNSLabel | None = Field(
+        default=None, description="Only GPU pools of this accelerator type."
+    )
+    pool: DNSLabel | None = Field(default=None, description="Only pools of this name.")
+
+
+class Placement(Spec):
+    """Where the job may run. The whole gang goes to one cluster and one pool."""
+
+    pool_preferences: list[PoolPreference] = Field(
+        default_factory=list,
+        max_length=8,
+        description=(
+            "Pools to try in order, e.g. an a100 pool, else any GPU pool, else CPU. When empty: "
+            "GPU pools (of resources.gpuType if set) for a job asking for GPUs, else CPU pools."
+        ),
+    )
+    cluster_selector: LabelSelector | None = Field(
+        default=None, description="Only member clusters whose ComputeCluster labels match."
+    )
+
+
+class Checkpointing(Spec):
+    """Periodic checkpoints, so a restarted gang resumes instead of starting over."""
+
+    enabled: bool = Field(default=True, description="Write checkpoints and resume from them.")
+    interval_steps: int = Field(
+        default=100, ge=1, le=10_000_000, description="Steps between checkpoints."
+    )
+    claim_name: DNSLabel | None = Field(
+        default=None,
+        description="PersistentVolumeClaim for checkpoints and artifacts; node-local when absent.",
+    )
+
+
+class RunPolicy(Spec):
+    """Restarts, deadlines, clean-up, suspension and priority."""
+
+    backoff_limit: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Gang restarts after application failures before the job fails. "
+        "Infrastructure failures (node lost, evicted, preempted) are not counted.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="The job fails once it has been admitted this long."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="The job is deleted this long after it finished."
+    )
+    suspend: bool = Field(
+        default=False, description="Suspended jobs have no pods; resuming places them again."
+    )
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Higher is placed first; FIFO among equals."
+    )
+
+
+IMMUTABLE_ONCE_ADMITTED = ("model", "data", "training", "workers", "resources", "placement")
+
+
+def _immutable_once_admitted() -> list[JsonDict]:
+    return [
+        cel(
+            "!has(oldSelf.status) || !has(oldSelf.status.placement) || "
+            f"(has(self.spec.{f}) == has(oldSelf.spec.{f}) && "
+            f"(!has(self.spec.{f}) || self.spec.{f} == oldSelf.spec.{f}))",
+            f"spec.{f} cannot change once the job is admitted (suspend it first)",
+            f".spec.{f}",
+        )
+        for f in IMMUTABLE_ONCE_ADMITTED
+    ]
+
+
+class TrainingJobSpec(Spec):
+    """What to train, on how many workers, where, and under which run policy."""
+
+    model: ModelConfig = Field(description="The network to train.")
+    data: DataConfig = Field(
+        default_factory=DataConfig, description="Training data.", json_schema_extra=DEFAULT_OBJECT
+    )
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig,
+        description="Optimisation settings.",
+        json_schema_extra=DEFAULT_OBJECT,
+    )
+    workers: int = Field(default=1, ge=1, le=256, description="Workers in the gang (WORLD_SIZE).")
+    resources: WorkerResources = Field(
+        default_factory=WorkerResources,
+        description="Resources of each worker.",
+        json_schema_extra=DEFAULT_OBJECT,
+    )
+    placement: Placement = Field(
+        default_factory=Placement,
+        description="Pool preferences and cluster selector.",
+        json_schema_extra=DEFAULT_OBJECT,
+    )
+    checkpoint: Checkpointing = Field(
+        default_factory=Checkpointing,
+        description="Checkpointing and resume.",
+        json_schema_extra=DEFAULT_OBJECT,
+    )
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy,
+        description="Restarts, deadlines, TTL, suspend, priority.",
+        json_schema_extra=DEFAULT_OBJECT,
+    )
+
+
+class JobPlacement(Spec):
+    """Where the gang was placed."""
+
+    cluster: ShortString = Field(description="The member cluster (its ComputeCluster name).")
+    pool: ShortString = Field(description="The node pool.")
+    accelerator: ShortString = Field(default="", description="The pool's accelerator, if any.")
+    gpus_per_worker: int = Field(default=0, description="GPUs each worker got there.")
+
+
+class WorkerCounts(Spec):
+    """Workers of the current attempt by state."""
+
+    total: int = Field(default=0, description="Workers in the gang.")
+    ready: int = Field(default=0, description="Workers running and ready.")
+    succeeded: int = Field(default=0, description="Workers that exited 0.")
+    failed: int = Field(default=0, description="Workers that failed.")
+
+
+class Progress(Spec):
+    """How far training has got, as the runtime reports it."""
+
+    epoch: int = Field(default=0, description="Current epoch (1-based).")
+    step: int = Field(default=0, description="Optimizer steps done.")
+    total_steps: int = Field(default=0, description="Steps the whole run takes.")
+    percent: int = Field(default=0, ge=0, le=100, description="Share of the steps done.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds left.")
+
+
+class TrainingJobStatus(Spec):
+    """What the job is doing and why."""
+
+    observed_generation: int = Field(default=0, description="The generation last acted on.")
+    state: Literal[
+        "Pending", "Waiting", "Admitted", "Running", "Succeeded", "Failed", "Suspended"
+    ] = Field(default="Pending", description="Summary of the conditions, for kubectl get.")
+    conditions: list[Condition] = conditions_field(
+        "Admitted, Running, Succeeded, Failed, Suspended, with reasons."
+    )
+    placement: JobPlacement | None = Field(
+        default=None, description="Cluster and pool of the gang, once admitted."
+    )
+    workers: WorkerCounts = Field(
+        default_factory=WorkerCounts, description="Workers of the current attempt."
+    )
+    attempt: int = Field(default=0, description="Gang attempt; pod names carry it.")
+    restarts: int = Field(default=0, description="Gang restarts charged to backoffLimit.")
+    infra_restarts: int = Field(
+        default=0, description="Gang restarts after node loss, eviction or preemption (free)."
+    )
+    admitted_at: ShortString | None = Field(default=None, description="When it was admitted.")
+    start_time: ShortString | None = Field(default=None, description="When all workers ran.")
+    completion_time: ShortString | None = Field(default=None, description="When it ended.")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Final evaluation metrics (accuracy, f1, ...)."
+    )
+    artifact: ShortString | None = Field(default=None, description="Where the model was saved.")
+
+
+def root_rules() -> list[JsonDict]:
+    """Rules that need spec and status together, placed at the CRD schema's root."""
+    return _immutable_once_admitted()
