@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from typing import Any
@@ -217,8 +218,10 @@ def test_cel_rule_refuses_an_invalid_object_naming_the_field(
     with pytest.raises(ApiException) as refused:
         create({"gpus": 0, "gpuType": "a100"}, "bad")
     assert refused.value.status == 422
-    assert "spec.gpuType" in refused.value.body
-    assert "gpuType requires gpus > 0" in refused.value.body
+    status = json.loads(refused.value.body)
+    assert "spec.gpuType: Invalid value" in status["message"]
+    assert "gpuType requires gpus > 0" in status["message"]
+    assert [c["field"] for c in status["details"]["causes"]] == ["spec.gpuType"]
 
 
 def _try(fn: Any) -> bool:

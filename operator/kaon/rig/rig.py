@@ -7,9 +7,11 @@ ones built from an older configuration replaced.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -190,25 +192,39 @@ def up(config: RigConfig) -> dict[str, str]:
     build.build_all()
     paths.rig_dir().mkdir(parents=True, exist_ok=True)
 
-    def one(cluster: RigCluster) -> str:
-        action = _ensure_cluster(cluster.name)
-        _sync_nodes(cluster)
-        return action
-
+    # kwokctl picks free ports when it creates a cluster: create one at a time, or two may pick
+    # the same port. Nodes are then synced in parallel.
+    actions = {c.name: _ensure_cluster(c.name) for c in config.clusters}
     with ThreadPoolExecutor(max_workers=len(config.clusters)) as pool:
-        actions = dict(
-            zip([c.name for c in config.clusters], pool.map(one, config.clusters), strict=True)
-        )
+        list(pool.map(_sync_nodes, config.clusters))
     for name, action in actions.items():
         _log(f"{name}: {action}, kubeconfig {paths.kubeconfig_path(name)}")
     return actions
 
 
+def _leftover_processes() -> list[int]:
+    """Processes still running a binary from the rig's work directory (e.g. a failed create)."""
+    root = str(paths.rig_dir().resolve())
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.readlink(proc / "exe").startswith(root + os.sep):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
 def down() -> list[str]:
-    """Delete every cluster in the rig's work directory, then the directory itself."""
+    """Delete every cluster in the rig's work directory, stop strays, remove the directory."""
     names = existing_clusters()
     for name in names:
         _kwokctl("delete", "cluster", "--name", name, check=False)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _leftover_processes():
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        time.sleep(0.5)
     shutil.rmtree(paths.rig_dir(), ignore_errors=True)
     return names
 

@@ -1,0 +1,30 @@
+"""Operator settings, from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespace: str = "kaon-system"  # where member kubeconfig Secrets live
+    runtime_image: str = "ghcr.io/kaon-dev/kaon-runtime:0.1.0"
+    image_pull_policy: PullPolicy = "IfNotPresent"
+    master_port: int = 29500
+    placement_interval_s: float = 0.5
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        policy = env.get("KAON_IMAGE_PULL_POLICY", cls.image_pull_policy)
+        if policy not in ("Always", "IfNotPresent", "Never"):
+            raise ValueError(f"KAON_IMAGE_PULL_POLICY: {policy!r} is not Always/IfNotPresent/Never")
+        return cls(
+            namespace=env.get("KAON_NAMESPACE", cls.namespace),
+            runtime_image=env.get("KAON_RUNTIME_IMAGE", cls.runtime_image),
+            image_pull_policy=policy,  # type: ignore[arg-type]
+        )

@@ -1,0 +1,192 @@
+"""A TrainingJob's worker pods and rendezvous Service, with the kaon runtime injected."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kaon.api.computecluster import GPU_RESOURCE, PoolSpec
+from kaon.api.settings import Settings
+from kaon.api.trainingjob import TrainingJobSpec
+from kaon.builders.names import (
+    ATTEMPT_LABEL,
+    JOB_LABEL,
+    JOB_UID_LABEL,
+    MANAGED_BY,
+    RANK_LABEL,
+    service_name,
+    worker_hostname,
+    worker_pod_name,
+)
+
+Obj = dict[str, Any]
+CHECKPOINT_DIR = "/var/lib/kaon/checkpoints"
+OUTPUT_DIR = "/var/lib/kaon/output"
+PROGRESS_ANNOTATION = "kaon.dev/progress"
+SIM_PREFIX = "kaon.dev/sim-"
+SIM_FAIL = "kaon.dev/sim-fail"  # "attempt:rank:code,...": that worker exits with code (rig only)
+
+
+@dataclass(frozen=True)
+class JobRef:
+    namespace: str
+    name: str
+    uid: str
+    annotations: dict[str, str]
+
+
+def _labels(job: JobRef, attempt: int, rank: int | None = None) -> dict[str, str]:
+    labels = {
+        MANAGED_BY: "kaon",
+        "app.kubernetes.io/name": "kaon-worker",
+        JOB_LABEL: job.name,
+        JOB_UID_LABEL: job.uid,
+        ATTEMPT_LABEL: str(attempt),
+    }
+    if rank is not None:
+        labels[RANK_LABEL] = str(rank)
+    return labels
+
+
+def _sim_annotations(job: JobRef, attempt: int, rank: int) -> dict[str, str]:
+    """Pass the rig's kwok simulation annotations through to the worker (inert elsewhere)."""
+    out = {k: v for k, v in job.annotations.items() if k.startswith(SIM_PREFIX) and k != SIM_FAIL}
+    for entry in job.annotations.get(SIM_FAIL, "").split(","):
+        parts = entry.strip().split(":")
+        if len(parts) == 3 and parts[0] == str(attempt) and parts[1] == str(rank):
+            out["kaon.dev/sim-exit-code"] = parts[2]
+    return out
+
+
+def master_addr(job: JobRef) -> str:
+    return f"{worker_hostname(0)}.{service_name(job.name)}.{job.namespace}.svc"
+
+
+def _env(job: JobRef, spec: TrainingJobSpec, attempt: int, rank: int, s: Settings) -> list[Obj]:
+    plain = {
+        "MASTER_ADDR": master_addr(job),
+        "MASTER_PORT": str(s.master_port),
+        "WORLD_SIZE": str(spec.workers),
+        "RANK": str(rank),
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "NNODES": str(spec.workers),
+        "NODE_RANK": str(rank),
+        "KAON_JOB_NAME": job.name,
+        "KAON_JOB_NAMESPACE": job.namespace,
+        "KAON_ATTEMPT": str(attempt),
+        "KAON_SPEC": json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True)),
+        "KAON_CHECKPOINT_DIR": CHECKPOINT_DIR,
+        "KAON_OUTPUT_DIR": OUTPUT_DIR,
+        "KAON_PROGRESS_ANNOTATION": PROGRESS_ANNOTATION,
+    }
+    env: list[Obj] = [{"name": k, "value": v} for k, v in plain.items()]
+    env += [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    return env
+
+
+def _resources(spec: TrainingJobSpec, gpus: int) -> Obj:
+    requests: dict[str, Any] = {
+        "cpu": str(spec.resources.cpu),
+        "memory": str(spec.resources.memory),
+    }
+    limits: dict[str, Any] = {"memory": str(spec.resources.memory)}
+    if gpus:
+        requests[GPU_RESOURCE] = str(gpus)
+        limits[GPU_RESOURCE] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _volume(spec: TrainingJobSpec) -> Obj:
+    claim = spec.checkpoint.claim_name
+    if claim:
+        return {"name": "kaon-state", "persistentVolumeClaim": {"claimName": claim}}
+    return {"name": "kaon-state", "emptyDir": {}}
+
+
+RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def worker_pod(
+    job: JobRef,
+    spec: TrainingJobSpec,
+    pool: PoolSpec,
+    gpus_per_worker: int,
+    attempt: int,
+    rank: int,
+    settings: Settings,
+) -> Obj:
+    """Worker `rank` of attempt `attempt`, pinned to the pool, running the kaon runtime."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": worker_pod_name(job.name, attempt, rank),
+            "namespace": job.namespace,
+            "labels": _labels(job, attempt, rank),
+            "annotations": _sim_annotations(job, attempt, rank),
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "hostname": worker_hostname(rank),
+            "subdomain": service_name(job.name),
+            "nodeSelector": dict(pool.node_selector),
+            "tolerations": [t.to_k8s() for t in pool.tolerations],
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "runAsGroup": 65532,
+                "fsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "runtime",
+                    "image": settings.runtime_image,
+                    "imagePullPolicy": settings.image_pull_policy,
+                    "command": ["python", "-m", "kaon_kernels.train"],
+                    "env": _env(job, spec, attempt, rank, settings),
+                    "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
+                    "resources": _resources(spec, gpus_per_worker),
+                    "securityContext": RESTRICTED,
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "volumeMounts": [
+                        {"name": "kaon-state", "mountPath": "/var/lib/kaon"},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                    ],
+                }
+            ],
+            "volumes": [_volume(spec), {"name": "tmp", "emptyDir": {}}],
+        },
+    }
+
+
+def rendezvous_service(job: JobRef, settings: Settings) -> Obj:
+    """Headless Service giving each worker a stable DNS name for torch.distributed."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(job.name),
+            "namespace": job.namespace,
+            "labels": {MANAGED_BY: "kaon", JOB_LABEL: job.name, JOB_UID_LABEL: job.uid},
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {MANAGED_BY: "kaon", JOB_LABEL: job.name},
+            "ports": [{"name": "rendezvous", "port": settings.master_port}],
+        },
+    }

@@ -1,0 +1,229 @@
+"""An async client for one Kubernetes API server (aiohttp), built from a kubeconfig.
+
+The kubernetes package reads the kubeconfig (files or inline data, certs, tokens); requests,
+watches and connection pooling are ours, so one operator process keeps one cheap client per
+member cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+Obj = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+class ApiError(Exception):
+    """An API server answered with an error status (or could not be reached: status 0)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def unauthorized(self) -> bool:
+        return self.status in (401, 403)
+
+
+class WatchExpiredError(Exception):
+    """The watch's resourceVersion is too old (410 Gone): list again."""
+
+
+def _configuration(kubeconfig: Mapping[str, Any]) -> k8s_client.Configuration:
+    cfg = k8s_client.Configuration()
+    k8s_config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
+        dict(kubeconfig), client_configuration=cfg, temp_file_path=tempfile.gettempdir()
+    )
+    return cfg
+
+
+def _ssl_context(cfg: k8s_client.Configuration) -> ssl.SSLContext | bool:
+    if not cfg.host.startswith("https"):
+        return False
+    ctx = (
+        ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        if cfg.ssl_ca_cert
+        else (ssl.create_default_context())
+    )
+    if not cfg.verify_ssl:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return ctx
+
+
+class KubeClient:
+    def __init__(self, kubeconfig: Mapping[str, Any], max_connections: int = 64) -> None:
+        cfg = _configuration(kubeconfig)
+        self.server: str = cfg.host.rstrip("/")
+        self._headers = {"Accept": "application/json"}
+        token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+        if token:
+            self._headers["Authorization"] = token if " " in token else f"Bearer {token}"
+        self._ssl = _ssl_context(cfg)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_file(cls, path: Path | str, **kw: Any) -> KubeClient:
+        return cls(yaml.safe_load(Path(path).read_text()), **kw)
+
+    @classmethod
+    def from_text(cls, text: str, **kw: Any) -> KubeClient:
+        return cls(yaml.safe_load(text), **kw)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl),
+                headers=self._headers,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout_s: float = 30.0,
+    ) -> Obj:
+        data = None
+        headers = {}
+        if body is not None:
+            data = json.dumps(body) if not isinstance(body, str) else body
+            headers["Content-Type"] = content_type
+        try:
+            async with self.session.request(
+                method,
+                self.server + path,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise _api_error(resp.status, text)
+                return cast(Obj, json.loads(text)) if text else {}
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiError(0, "Unreachable", f"{self.server}: {exc or type(exc).__name__}") from exc
+
+    async def get(self, path: str, **params: str) -> Obj:
+        return await self.request("GET", path, params=params or None)
+
+    async def create(self, path: str, body: Obj) -> Obj:
+        return await self.request("POST", path, body=body)
+
+    async def merge_patch(self, path: str, patch: Obj) -> Obj:
+        return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+
+    async def delete(self, path: str, **params: str) -> Obj:
+        return await self.request("DELETE", path, params=params or None)
+
+    async def delete_if_present(self, path: str, **params: str) -> bool:
+        try:
+            await self.delete(path, **params)
+            return True
+        except ApiError as exc:
+            if exc.not_found:
+                return False
+            raise
+
+    async def create_or_get(self, path: str, body: Obj) -> Obj:
+        """Create; if an object of that name exists, return it (idempotent create)."""
+        try:
+            return await self.create(path, body)
+        except ApiError as exc:
+            if not exc.conflict:
+                raise
+            return await self.get(f"{path}/{body['metadata']['name']}")
+
+    async def watch(
+        self,
+        path: str,
+        resource_version: str,
+        params: Mapping[str, str] | None = None,
+        timeout_s: int = 300,
+    ) -> AsyncIterator[tuple[str, Obj]]:
+        """Stream (type, object) events after resource_version until the server ends the watch."""
+        query = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_s),
+            **(params or {}),
+        }
+        try:
+            async with self.session.get(
+                self.server + path,
+                params=query,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=10, sock_read=timeout_s + 30
+                ),
+            ) as resp:
+                if resp.status >= 400:
+                    raise _api_error(resp.status, await resp.text())
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        status = event["object"]
+                        if status.get("code") == 410:
+                            raise WatchExpiredError(status.get("message", ""))
+                        raise ApiError(
+                            int(status.get("code", 500)), status.get("reason", ""), str(status)
+                        )
+                    yield event["type"], event["object"]
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiError(0, "Unreachable", f"{self.server}: {exc or type(exc).__name__}") from exc
+
+    async def version(self) -> str:
+        info = await self.request("GET", "/version", timeout_s=5.0)
+        return str(info.get("gitVersion", ""))
+
+
+def _api_error(status: int, text: str) -> Exception:
+    try:
+        body = json.loads(text)
+        reason, message = body.get("reason", ""), body.get("message", text)
+    except ValueError:
+        reason, message = "", text
+    if status == 410:
+        return WatchExpiredError(message)
+    return ApiError(status, reason, message)
+
+
+async def sleep_backoff(attempt: int, cap_s: float = 10.0) -> None:
+    await asyncio.sleep(min(cap_s, 0.2 * 2 ** min(attempt, 8)))

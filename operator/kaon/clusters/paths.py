@@ -1,0 +1,39 @@
+"""REST paths of the objects kaon reads and writes."""
+
+from __future__ import annotations
+
+
+def pods(namespace: str | None = None) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
+
+
+def pod(namespace: str, name: str) -> str:
+    return f"{pods(namespace)}/{name}"
+
+
+def services(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/services"
+
+
+def namespaces() -> str:
+    return "/api/v1/namespaces"
+
+
+def nodes() -> str:
+    return "/api/v1/nodes"
+
+
+def secret(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/secrets/{name}"
+
+
+def events(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/events"
+
+
+def custom(
+    api_version: str, plural: str, namespace: str | None = None, name: str | None = None
+) -> str:
+    base = f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+    return f"{path}/{name}" if name else path

@@ -1,0 +1,26 @@
+"""Pure lifecycle decisions: from a job's observed worker pods to its next action."""
+
+from kaon.lifecycle.decide import (
+    Action,
+    Fail,
+    JobView,
+    Launch,
+    Observe,
+    Restart,
+    Succeed,
+    next_action,
+)
+from kaon.lifecycle.workers import WorkerState, observe_pod
+
+__all__ = [
+    "Action",
+    "Fail",
+    "JobView",
+    "Launch",
+    "Observe",
+    "Restart",
+    "Succeed",
+    "WorkerState",
+    "next_action",
+    "observe_pod",
+]

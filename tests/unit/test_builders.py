@@ -1,0 +1,76 @@
+import json
+
+from kaon.api.computecluster import PoolSpec
+from kaon.api.settings import Settings
+from kaon.api.trainingjob import TrainingJobSpec
+from kaon.builders.worker import JobRef, rendezvous_service, worker_pod
+
+SPEC = TrainingJobSpec.model_validate(
+    {"model": {"family": "cnn"}, "workers": 4, "resources": {"cpu": 2, "memory": "4Gi", "gpus": 2}}
+)
+GPU_POOL = PoolSpec.model_validate(
+    {
+        "name": "gpu-a100",
+        "nodeSelector": {"kaon.dev/pool": "gpu-a100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "accelerator": {"type": "nvidia-a100", "countPerNode": 8},
+    }
+)
+JOB = JobRef(
+    "team-a", "mnist", "uid-1", {"kaon.dev/sim-duration": "2s", "kaon.dev/sim-fail": "0:1:3"}
+)
+SETTINGS = Settings(runtime_image="example/runtime:1", image_pull_policy="Never")
+
+
+def env_of(pod: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_worker_pod_has_the_torchrun_contract_and_deterministic_name() -> None:
+    pod = worker_pod(JOB, SPEC, GPU_POOL, 2, attempt=1, rank=3, settings=SETTINGS)
+    assert pod["metadata"]["name"] == "mnist-a1-w3"
+    env = env_of(pod)
+    assert env["WORLD_SIZE"] == "4" and env["RANK"] == "3" and env["NODE_RANK"] == "3"
+    assert env["MASTER_ADDR"] == "worker-0.mnist.team-a.svc"
+    assert env["MASTER_PORT"] == "29500" and env["LOCAL_RANK"] == "0" and env["NNODES"] == "4"
+    assert json.loads(env["KAON_SPEC"])["model"]["family"] == "cnn"
+    assert env["KAON_JOB_NAME"] == "mnist" and env["KAON_ATTEMPT"] == "1"
+
+
+def test_worker_pod_lands_on_the_pool_with_its_gpus_and_restricted_context() -> None:
+    pod = worker_pod(JOB, SPEC, GPU_POOL, 2, attempt=0, rank=0, settings=SETTINGS)
+    spec = pod["spec"]
+    assert spec["nodeSelector"] == {"kaon.dev/pool": "gpu-a100"}
+    assert spec["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    c = spec["containers"][0]
+    assert c["image"] == "example/runtime:1" and c["imagePullPolicy"] == "Never"
+    assert c["resources"]["requests"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "2"}
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["restartPolicy"] == "Never"
+    assert (spec["hostname"], spec["subdomain"]) == ("worker-0", "mnist")
+
+
+def test_cpu_fallback_drops_the_gpus() -> None:
+    cpu_pool = PoolSpec.model_validate({"name": "cpu", "nodeSelector": {"kaon.dev/pool": "cpu"}})
+    pod = worker_pod(JOB, SPEC, cpu_pool, 0, attempt=0, rank=0, settings=SETTINGS)
+    assert "nvidia.com/gpu" not in pod["spec"]["containers"][0]["resources"]["requests"]
+
+
+def test_simulation_annotations_pass_through_and_target_one_worker() -> None:
+    failing = worker_pod(JOB, SPEC, GPU_POOL, 2, attempt=0, rank=1, settings=SETTINGS)
+    assert failing["metadata"]["annotations"]["kaon.dev/sim-exit-code"] == "3"
+    other = worker_pod(JOB, SPEC, GPU_POOL, 2, attempt=1, rank=1, settings=SETTINGS)
+    assert "kaon.dev/sim-exit-code" not in other["metadata"]["annotations"]
+    assert other["metadata"]["annotations"]["kaon.dev/sim-duration"] == "2s"
+
+
+def test_rendezvous_service_is_headless_and_selects_the_job() -> None:
+    svc = rendezvous_service(JOB, SETTINGS)
+    assert svc["metadata"]["name"] == "mnist"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"]["kaon.dev/job-name"] == "mnist"
