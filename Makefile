@@ -48,7 +48,7 @@ unit: setup ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test: lint verify rig-build ## lint, then unit + integration + e2e tests against the local rig
-	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not bench" $(PYTEST_ARGS)
 
 demo: rig-up ## bring up the rig and run a GPU pod through the real scheduler and kwok stages
 	@source <($(KAON) rig env) && set -x && \

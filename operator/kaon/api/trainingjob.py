@@ -215,6 +215,9 @@ class TrainingJobStatus(Spec):
         default_factory=WorkerCounts, description="Workers of the current attempt."
     )
     attempt: int = Field(default=0, description="Gang attempt; pod names carry it.")
+    launched: bool = Field(
+        default=False, description="Every worker pod of the current attempt was created."
+    )
     restarts: int = Field(default=0, description="Gang restarts charged to backoffLimit.")
     infra_restarts: int = Field(
         default=0, description="Gang restarts after node loss, eviction or preemption (free)."

@@ -1,0 +1,163 @@
+"""One member cluster: its client, its live inventory and the kaon worker pods on it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kaon.clusters import paths
+from kaon.clusters.client import ApiError, KubeClient, Obj
+from kaon.clusters.informer import run_informer
+from kaon.clusters.inventory import ClusterInventory
+
+log = logging.getLogger(__name__)
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+JOB_LABEL = "kaon.dev/job-name"
+
+JobKey = tuple[str, str]  # (namespace, job name)
+
+
+def slim_pod(pod: Obj) -> Obj:
+    """The fields of a worker pod that kaon reads (keeps the operator small at thousands of pods)."""
+    meta, status = pod["metadata"], pod.get("status") or {}
+    return {
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "labels", "deletionTimestamp") if k in meta
+        },
+        "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
+        "status": {
+            "phase": status.get("phase", "Pending"),
+            "reason": status.get("reason", ""),
+            "message": status.get("message", ""),
+            "conditions": [
+                {k: c.get(k) for k in ("type", "status", "reason", "message")}
+                for c in status.get("conditions") or []
+            ],
+            "containerStatuses": [
+                {"state": {"terminated": cs["state"]["terminated"]}}
+                for cs in status.get("containerStatuses") or []
+                if (cs.get("state") or {}).get("terminated")
+            ],
+        },
+    }
+
+
+@dataclass
+class Health:
+    reachable: bool = False
+    reason: str = "Connecting"
+    message: str = "no answer from the API server yet"
+    version: str = ""
+
+
+@dataclass
+class Member:
+    """Watches nodes and pods of a member; tells its owner when a job's pods or capacity change."""
+
+    name: str
+    client: KubeClient
+    on_job_pods: Callable[[JobKey], None] = lambda key: None
+    on_capacity: Callable[[str], None] = lambda name: None
+    on_health: Callable[[str], None] = lambda name: None
+    inventory: ClusterInventory = field(default_factory=ClusterInventory)
+    job_pods: dict[JobKey, dict[str, Obj]] = field(default_factory=dict)
+    health: Health = field(default_factory=Health)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _synced: set[str] = field(default_factory=set)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._watch_nodes(), name=f"{self.name}-nodes"),
+            asyncio.create_task(self._watch_pods(), name=f"{self.name}-pods"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.close()
+
+    @property
+    def ready(self) -> bool:
+        """Reachable, and both views listed since the last failure."""
+        return self.health.reachable and self._synced >= {"nodes", "pods"}
+
+    def pods_of(self, key: JobKey) -> dict[str, Obj]:
+        return self.job_pods.get(key, {})
+
+    async def _watch_nodes(self) -> None:
+        def reset(items: list[Obj]) -> None:
+            self.inventory.nodes.clear()
+            for n in items:
+                self.inventory.apply_node("ADDED", n)
+            self._synced.add("nodes")
+            self.on_capacity(self.name)
+
+        def event(kind: str, obj: Obj) -> None:
+            self.inventory.apply_node(kind, obj)
+            self.on_capacity(self.name)
+
+        await run_informer(self.client, paths.nodes(), reset, event, self._health_changed("nodes"))
+
+    async def _watch_pods(self) -> None:
+        def reset(items: list[Obj]) -> None:
+            touched = set(self.job_pods)
+            self.inventory.pods.clear()
+            self.inventory.used.clear()
+            self.job_pods.clear()
+            for p in items:
+                self._apply_pod("ADDED", p)
+            self._synced.add("pods")
+            for key in touched | set(self.job_pods):
+                self.on_job_pods(key)
+            self.on_capacity(self.name)
+
+        def event(kind: str, obj: Obj) -> None:
+            key = self._apply_pod(kind, obj)
+            if key:
+                self.on_job_pods(key)
+            self.on_capacity(self.name)
+
+        await run_informer(self.client, paths.pods(), reset, event, self._health_changed("pods"))
+
+    def _apply_pod(self, kind: str, obj: Obj) -> JobKey | None:
+        self.inventory.apply_pod(kind, obj)
+        meta = obj["metadata"]
+        labels = meta.get("labels") or {}
+        if labels.get(MANAGED_BY) != "kaon" or JOB_LABEL not in labels:
+            return None
+        key = (meta["namespace"], labels[JOB_LABEL])
+        pods = self.job_pods.setdefault(key, {})
+        if kind == "DELETED":
+            pods.pop(meta["name"], None)
+            if not pods:
+                del self.job_pods[key]
+        else:
+            pods[meta["name"]] = slim_pod(obj)
+        return key
+
+    def _health_changed(self, view: str) -> Callable[[ApiError | None], None]:
+        def update(error: ApiError | None) -> None:
+            before = (self.health.reachable, self.health.reason)
+            if error is None:
+                self.health.reachable = True
+                self.health.reason, self.health.message = "Reachable", "the API server answers"
+            else:
+                self._synced.discard(view)
+                self.health.reachable = False
+                self.health.reason = "BadCredentials" if error.unauthorized else "Unreachable"
+                self.health.message = str(error)[:500]
+            if (self.health.reachable, self.health.reason) != before:
+                log.info("member %s: %s", self.name, self.health.reason)
+                self.on_health(self.name)
+
+        return update
+
+    async def probe_version(self) -> None:
+        try:
+            self.health.version = await self.client.version()
+        except ApiError as exc:
+            log.debug("member %s version: %s", self.name, exc)

@@ -1,0 +1,132 @@
+"""TrainingJob status transitions: each takes the current status and returns the next one."""
+
+from __future__ import annotations
+
+import json
+
+from kaon.api.trainingjob import JobPlacement, Progress, TrainingJobStatus, WorkerCounts
+from kaon.lifecycle.conditions import set_condition
+from kaon.lifecycle.decide import Observe, Restart, Succeed
+
+TERMINAL = ("Succeeded", "Failed")
+
+
+def _with(status: TrainingJobStatus, gen: int, **changes: object) -> TrainingJobStatus:
+    return status.model_copy(update={"observed_generation": gen, **changes})
+
+
+def _cond(
+    status: TrainingJobStatus, type_: str, value: bool, reason: str, message: str, gen: int, now: str
+) -> TrainingJobStatus:
+    conditions = set_condition(status.conditions, type_, value, reason, message, gen, now)
+    return status.model_copy(update={"conditions": conditions})
+
+
+def waiting(s: TrainingJobStatus, reason: str, message: str, gen: int, now: str) -> TrainingJobStatus:
+    s = _cond(s, "Admitted", False, reason, message, gen, now)
+    return _with(s, gen, state="Waiting", placement=None)
+
+
+def admitted(
+    s: TrainingJobStatus, placement: JobPlacement, workers: int, gen: int, now: str
+) -> TrainingJobStatus:
+    message = f"placed on pool {placement.pool} in cluster {placement.cluster}"
+    s = _cond(s, "Admitted", True, "Placed", message, gen, now)
+    s = _cond(s, "Suspended", False, "Resumed", "", gen, now) if _has(s, "Suspended") else s
+    return _with(
+        s,
+        gen,
+        state="Admitted",
+        placement=placement,
+        admitted_at=now,
+        launched=False,
+        workers=WorkerCounts(total=workers),
+    )
+
+
+def launched(s: TrainingJobStatus, gen: int) -> TrainingJobStatus:
+    return _with(s, gen, launched=True)
+
+
+def observed(s: TrainingJobStatus, obs: Observe, gen: int, now: str) -> TrainingJobStatus:
+    counts = s.workers.model_copy(
+        update={"ready": obs.ready, "succeeded": obs.succeeded, "failed": obs.failed}
+    )
+    if obs.all_running:
+        message = f"{counts.total} of {counts.total} workers running"
+        s = _cond(s, "Running", True, "WorkersRunning", message, gen, now)
+        return _with(s, gen, state="Running", workers=counts, start_time=s.start_time or now)
+    return _with(s, gen, workers=counts)
+
+
+def restarting(s: TrainingJobStatus, r: Restart, gen: int, now: str) -> TrainingJobStatus:
+    s = _cond(s, "Running", False, "GangRestarting", r.message, gen, now)
+    return _with(
+        s,
+        gen,
+        state="Admitted",
+        attempt=s.attempt + 1,
+        launched=False,
+        restarts=s.restarts + (1 if r.charged else 0),
+        infra_restarts=s.infra_restarts + (0 if r.charged else 1),
+        workers=WorkerCounts(total=s.workers.total),
+    )
+
+
+def parse_result(message: str) -> tuple[dict[str, float], str | None]:
+    """The runtime's final report (rank 0's termination message): metrics and artifact."""
+    try:
+        report = json.loads(message)
+    except ValueError:
+        return {}, None
+    if not isinstance(report, dict):
+        return {}, None
+    metrics = {
+        k: float(v)
+        for k, v in (report.get("metrics") or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    artifact = report.get("artifact")
+    return metrics, artifact if isinstance(artifact, str) else None
+
+
+def succeeded(s: TrainingJobStatus, done: Succeed, gen: int, now: str) -> TrainingJobStatus:
+    metrics, artifact = parse_result(done.message)
+    s = _cond(s, "Running", False, "Completed", "all workers exited 0", gen, now)
+    s = _cond(s, "Succeeded", True, "Completed", "training finished", gen, now)
+    progress = (s.progress or Progress()).model_copy(update={"percent": 100, "eta_seconds": 0})
+    counts = s.workers.model_copy(update={"ready": 0, "succeeded": s.workers.total})
+    return _with(
+        s,
+        gen,
+        state="Succeeded",
+        completion_time=now,
+        metrics=metrics,
+        artifact=artifact,
+        progress=progress,
+        workers=counts,
+    )
+
+
+def failed(s: TrainingJobStatus, reason: str, message: str, gen: int, now: str) -> TrainingJobStatus:
+    if _has(s, "Running"):
+        s = _cond(s, "Running", False, reason, message, gen, now)
+    if not _has(s, "Admitted"):
+        s = _cond(s, "Admitted", False, reason, message, gen, now)
+    s = _cond(s, "Failed", True, reason, message, gen, now)
+    return _with(s, gen, state="Failed", completion_time=now)
+
+
+def suspended(s: TrainingJobStatus, gen: int, now: str) -> TrainingJobStatus:
+    s = _cond(s, "Suspended", True, "Suspended", "spec.runPolicy.suspend is true", gen, now)
+    s = _cond(s, "Admitted", False, "Suspended", "suspended jobs hold no resources", gen, now)
+    if _has(s, "Running"):
+        s = _cond(s, "Running", False, "Suspended", "workers removed", gen, now)
+    return _with(
+        s, gen, state="Suspended", placement=None, launched=False,
+        workers=WorkerCounts(total=s.workers.total),
+    )
+
+
+def _has(s: TrainingJobStatus, type_: str) -> bool:
+    return any(c.type == type_ for c in s.conditions)
