@@ -120,12 +120,12 @@ class DataConfig(Spec):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "self.source != 'file' || has(self.path)",
+                    "!has(self.source) || self.source != 'file' || has(self.path)",
                     "path is required when source is file",
                     ".path",
                 ),
                 cel(
-                    "self.source == 'file' || !has(self.path)",
+                    "!has(self.path) || (has(self.source) && self.source == 'file')",
                     "path is only read when source is file",
                     ".path",
                 ),

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import kopf
+
 from kaon.api import render
+from kaon.handlers import operator as _handlers  # noqa: F401  (registers kopf handlers)
 from kaon.rig import build, paths, rig
 from kaon.rig.config import RigConfig, load_config
 
@@ -87,9 +92,31 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    kopf.configure(verbose=args.verbose)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=True,
+            standalone=not args.peering,
+            peering_name=args.peering,
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run_p = sub.add_parser("run", help="run the operator against the hub")
+    run_p.add_argument("--kubeconfig", help="the hub's kubeconfig (default: $KUBECONFIG)")
+    run_p.add_argument("--peering", help="kopf peering name for an active/standby pair")
+    run_p.add_argument("--liveness", help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run_p.add_argument("-v", "--verbose", action="store_true")
+    run_p.set_defaults(func=_run)
 
     crds_p = sub.add_parser("crds", help="write the CRDs generated from kaon.api")
     crds_p.add_argument("dirs", nargs="*", default=["crds"], help="output directories")

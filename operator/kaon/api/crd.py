@@ -91,7 +91,7 @@ def openapi_schema(resource: Resource) -> Schema:
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of the object."},
             "kind": {"type": "string", "description": "Kind of the object."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {"type": "object"},
             "spec": model_schema(resource.spec),
             "status": model_schema(resource.status),
         },

@@ -57,6 +57,10 @@ def structural(node: Schema, defs: dict[str, Schema], path: str = "") -> Schema:
             continue
         if key == "const":
             out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            # JSON Schema's numeric bound; OpenAPI v3.0 wants the bound plus a boolean flag.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         elif key == "properties":
             out["properties"] = {
                 name: structural(sub, defs, f"{path}.{name}") for name, sub in value.items()

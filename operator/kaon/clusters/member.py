@@ -21,7 +21,7 @@ JobKey = tuple[str, str]  # (namespace, job name)
 
 
 def slim_pod(pod: Obj) -> Obj:
-    """The fields of a worker pod that kaon reads (keeps the operator small at thousands of pods)."""
+    """Only the fields of a worker pod kaon reads: small at thousands of pods."""
     meta, status = pod["metadata"], pod.get("status") or {}
     return {
         "metadata": {

@@ -19,7 +19,7 @@ def set_condition(
     changed = old is None or old.status != value
     new = Condition(
         type=type_,
-        status=value,  # type: ignore[arg-type]
+        status=value,
         reason=reason,
         message=message,
         last_transition_time=now if changed or old is None else old.last_transition_time,

@@ -16,13 +16,21 @@ def _with(status: TrainingJobStatus, gen: int, **changes: object) -> TrainingJob
 
 
 def _cond(
-    status: TrainingJobStatus, type_: str, value: bool, reason: str, message: str, gen: int, now: str
+    status: TrainingJobStatus,
+    type_: str,
+    value: bool,
+    reason: str,
+    message: str,
+    gen: int,
+    now: str,
 ) -> TrainingJobStatus:
     conditions = set_condition(status.conditions, type_, value, reason, message, gen, now)
     return status.model_copy(update={"conditions": conditions})
 
 
-def waiting(s: TrainingJobStatus, reason: str, message: str, gen: int, now: str) -> TrainingJobStatus:
+def waiting(
+    s: TrainingJobStatus, reason: str, message: str, gen: int, now: str
+) -> TrainingJobStatus:
     s = _cond(s, "Admitted", False, reason, message, gen, now)
     return _with(s, gen, state="Waiting", placement=None)
 
@@ -108,7 +116,9 @@ def succeeded(s: TrainingJobStatus, done: Succeed, gen: int, now: str) -> Traini
     )
 
 
-def failed(s: TrainingJobStatus, reason: str, message: str, gen: int, now: str) -> TrainingJobStatus:
+def failed(
+    s: TrainingJobStatus, reason: str, message: str, gen: int, now: str
+) -> TrainingJobStatus:
     if _has(s, "Running"):
         s = _cond(s, "Running", False, reason, message, gen, now)
     if not _has(s, "Admitted"):
@@ -123,7 +133,11 @@ def suspended(s: TrainingJobStatus, gen: int, now: str) -> TrainingJobStatus:
     if _has(s, "Running"):
         s = _cond(s, "Running", False, "Suspended", "workers removed", gen, now)
     return _with(
-        s, gen, state="Suspended", placement=None, launched=False,
+        s,
+        gen,
+        state="Suspended",
+        placement=None,
+        launched=False,
         workers=WorkerCounts(total=s.workers.total),
     )
 

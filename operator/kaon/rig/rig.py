@@ -7,6 +7,7 @@ ones built from an older configuration replaced.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -18,8 +19,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from kaon.rig import build, paths
 from kaon.rig.config import (
@@ -187,6 +191,62 @@ def _sync_nodes(cluster: RigCluster) -> None:
             time.sleep(0.5)
 
 
+MEMBER_SECRET_NAMESPACE = "kaon-system"
+_FILE_KEYS = {
+    "certificate-authority": "certificate-authority-data",
+    "client-certificate": "client-certificate-data",
+    "client-key": "client-key-data",
+}
+
+
+def inline_kubeconfig(path: Path) -> dict[str, Any]:
+    """The kubeconfig with its certificate files embedded, so it works from a Secret."""
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    for section, inner in (("clusters", "cluster"), ("users", "user")):
+        for entry in config.get(section) or []:
+            fields = entry.get(inner) or {}
+            for file_key, data_key in _FILE_KEYS.items():
+                if file_key in fields:
+                    raw = Path(fields.pop(file_key)).read_bytes()
+                    fields[data_key] = base64.b64encode(raw).decode()
+    return config
+
+
+def member_secret_name(cluster: str) -> str:
+    return f"rig-{cluster}-kubeconfig"
+
+
+def _register_member_secrets(config: RigConfig, hub: str = "hub") -> None:
+    """Put each member's kubeconfig in a Secret on the hub, for ComputeClusters to reference."""
+    with api_client(paths.kubeconfig_path(hub)) as api:
+        core = client.CoreV1Api(api)
+        try:
+            core.create_namespace({"metadata": {"name": MEMBER_SECRET_NAMESPACE}})
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        for cluster in config.clusters:
+            if cluster.name == hub:
+                continue
+            text = yaml.safe_dump(inline_kubeconfig(paths.kubeconfig_path(cluster.name)))
+            secret = {
+                "metadata": {
+                    "name": member_secret_name(cluster.name),
+                    "namespace": MEMBER_SECRET_NAMESPACE,
+                    "labels": {"app.kubernetes.io/part-of": "kaon-rig"},
+                },
+                "stringData": {"kubeconfig": text},
+            }
+            try:
+                core.create_namespaced_secret(MEMBER_SECRET_NAMESPACE, secret)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                core.replace_namespaced_secret(
+                    member_secret_name(cluster.name), MEMBER_SECRET_NAMESPACE, secret
+                )
+
+
 def up(config: RigConfig) -> dict[str, str]:
     """Build missing binaries, then make every cluster of the rig run with its node pools."""
     build.build_all()
@@ -197,6 +257,7 @@ def up(config: RigConfig) -> dict[str, str]:
     actions = {c.name: _ensure_cluster(c.name) for c in config.clusters}
     with ThreadPoolExecutor(max_workers=len(config.clusters)) as pool:
         list(pool.map(_sync_nodes, config.clusters))
+    _register_member_secrets(config)
     for name, action in actions.items():
         _log(f"{name}: {action}, kubeconfig {paths.kubeconfig_path(name)}")
     return actions

@@ -1,0 +1,88 @@
+"""ComputeCluster status: reachability and live pool inventory, published when it changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kaon.api.common import API_VERSION, Condition, now_rfc3339
+from kaon.api.computecluster import ComputeClusterStatus, PoolStatus, ResourceAmounts
+from kaon.clusters import paths
+from kaon.clusters.client import ApiError, KubeClient
+from kaon.clusters.resources import Resources
+from kaon.handlers.fleet import Fleet, Registered
+from kaon.lifecycle.conditions import set_condition
+
+log = logging.getLogger(__name__)
+PUBLISH_INTERVAL_S = 2.0
+
+
+def _amounts(r: Resources) -> ResourceAmounts:
+    return ResourceAmounts(cpu=r.milli_cpu / 1000, memory=r.memory, gpus=r.gpus)
+
+
+def cluster_status(
+    reg: Registered, old: list[Condition], gen: int, now: str
+) -> ComputeClusterStatus:
+    member = reg.member
+    if reg.problem:
+        ready, (reason, message) = False, reg.problem
+    elif member is None:
+        ready, reason, message = False, "Connecting", "no client yet"
+    elif member.ready:
+        ready, reason, message = True, "Reachable", f"{len(member.inventory.nodes)} nodes watched"
+    else:
+        ready, reason, message = False, member.health.reason, member.health.message
+    pools = []
+    for pool in reg.spec.pools:
+        nodes = (
+            [n for n in member.inventory.nodes_matching(pool.node_selector) if n.usable]
+            if member
+            else []
+        )
+        alloc = sum((n.allocatable for n in nodes), Resources())
+        used = (
+            sum((member.inventory.used.get(n.name, Resources()) for n in nodes), Resources())
+            if member
+            else Resources()
+        )
+        pools.append(
+            PoolStatus(
+                name=pool.name,
+                nodes=len(nodes),
+                allocatable=_amounts(alloc),
+                requested=_amounts(used),
+                free=_amounts(alloc - used),
+            )
+        )
+    return ComputeClusterStatus(
+        observed_generation=gen,
+        conditions=set_condition(old, "Ready", ready, reason, message, gen, now),
+        pools=pools,
+        server=member.client.server if member else "",
+        kubernetes_version=member.health.version if member else "",
+    )
+
+
+async def publish_loop(hub: KubeClient, fleet: Fleet, generations: dict[str, int]) -> None:
+    published: dict[str, ComputeClusterStatus] = {}
+    while True:
+        await asyncio.sleep(PUBLISH_INTERVAL_S)
+        await fleet.retry_problems()
+        for name, reg in list(fleet.clusters.items()):
+            if reg.member and not reg.member.health.version and reg.member.health.reachable:
+                await reg.member.probe_version()
+            old = published.get(name)
+            status = cluster_status(
+                reg, old.conditions if old else [], generations.get(name, 0), now_rfc3339()
+            )
+            if old is not None and old == status:
+                continue
+            try:
+                await hub.merge_patch(
+                    paths.custom(API_VERSION, "computeclusters", None, name) + "/status",
+                    {"status": status.model_dump(mode="json", by_alias=True)},
+                )
+                published[name] = status
+            except ApiError as exc:
+                log.info("status of ComputeCluster %s: %s", name, exc)

@@ -1,0 +1,390 @@
+"""The engine behind the kopf handlers: a cache of hub objects, a work queue, placement passes.
+
+Hub events (via kopf) and member events (via our watches) both end in `reconcile(job)`, which
+reads what is known, asks the pure layers what to do, does it, and patches status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kaon.api.settings import Settings
+from kaon.api.trainingjob import JobPlacement, TrainingJobSpec, TrainingJobStatus
+from kaon.builders.names import ATTEMPT_LABEL, FINALIZER, RANK_LABEL
+from kaon.clusters.client import KubeClient, Obj
+from kaon.clusters.member import JobKey
+from kaon.handlers import hubio
+from kaon.handlers.fleet import Fleet, Reservation
+from kaon.handlers.workers import WorkerOps
+from kaon.handlers.workqueue import WorkQueue
+from kaon.lifecycle import Fail, JobView, Launch, Observe, Restart, Succeed, next_action
+from kaon.lifecycle import status as transitions
+from kaon.lifecycle.workers import observe_pod
+from kaon.placement import Placed, Unplaceable, Waiting, gang_demand, plan
+
+log = logging.getLogger(__name__)
+PLURAL = "trainingjobs"
+KIND = "TrainingJob"
+ROLLBACK_RETRY_S = 5.0
+UNREACHABLE_RETRY_S = 2.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age_s(timestamp: str | None) -> float | None:
+    if not timestamp:
+        return None
+    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (datetime.now(UTC) - then).total_seconds()
+
+
+def _rv(body: Obj) -> int:
+    try:
+        return int(body["metadata"].get("resourceVersion", 0))
+    except ValueError:
+        return 0
+
+
+def job_key(body: Obj) -> JobKey:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
+
+
+class Controller:
+    def __init__(self, hub: KubeClient, hub_kubeconfig: Mapping[str, Any], settings: Settings):
+        self.hub = hub
+        self.settings = settings
+        self.jobs: dict[JobKey, Obj] = {}
+        self.fleet = Fleet(hub, hub_kubeconfig, settings, self._job_pods_changed, self._capacity)
+        self.queue: WorkQueue[JobKey] = WorkQueue(self.reconcile, workers=32)
+        self.workers = WorkerOps(self.fleet, settings)
+        self._placement_wanted = asyncio.Event()
+        self._not_before: dict[JobKey, float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- wiring -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.queue.start()
+        self._tasks.append(asyncio.create_task(self._placement_loop(), name="placement"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.queue.stop()
+        await self.fleet.stop()
+
+    def job_event(self, kind: str, body: Obj) -> None:
+        key = job_key(body)
+        if kind == "DELETED":
+            self.jobs.pop(key, None)
+            self._not_before.pop(key, None)
+            self.want_placement()
+            return
+        self._remember(body)
+        self.queue.add(key)
+
+    def _remember(self, body: Obj) -> None:
+        key = job_key(body)
+        known = self.jobs.get(key)
+        if known is None or _rv(body) >= _rv(known):
+            self.jobs[key] = body
+
+    def _job_pods_changed(self, key: JobKey) -> None:
+        if key in self.jobs:
+            self.queue.add(key)
+
+    def _capacity(self, _cluster: str) -> None:
+        self.want_placement()
+
+    def want_placement(self) -> None:
+        self._placement_wanted.set()
+
+    # --- reconcile one job ------------------------------------------------------------------
+
+    async def reconcile(self, key: JobKey) -> float | None:
+        body = self.jobs.get(key)
+        if body is None:
+            return None
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return await self._finalize(key, body)
+        if FINALIZER not in (meta.get("finalizers") or []):
+            body = await self._save_meta(
+                await hubio.set_finalizers(
+                    self.hub, PLURAL, body, [*(meta.get("finalizers") or []), FINALIZER]
+                )
+            )
+        status = TrainingJobStatus.model_validate(body.get("status") or {})
+        gen = int(meta.get("generation", 0))
+        try:
+            spec = TrainingJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            if status.state != "Failed":
+                await self._patch(
+                    body, transitions.failed(status, "InvalidSpec", str(exc), gen, _now())
+                )
+            return None
+        if status.state in transitions.TERMINAL:
+            return await self._finished(key, body, spec, status)
+        if spec.run_policy.suspend:
+            if status.placement is not None:
+                await self.workers.remove_all(key, status.placement.cluster)
+            if status.state != "Suspended":
+                await self._patch(body, transitions.suspended(status, gen, _now()))
+                await self._event(body, "Normal", "Suspended", "workers removed, pool freed")
+                self.want_placement()
+            return None
+        if status.placement is None:
+            self.want_placement()
+            return None
+        return await self._run_placed(key, body, spec, status, gen)
+
+    async def _run_placed(
+        self, key: JobKey, body: Obj, spec: TrainingJobSpec, status: TrainingJobStatus, gen: int
+    ) -> float | None:
+        placement = status.placement
+        assert placement is not None
+        member = self.fleet.member(placement.cluster)
+        if member is None or not member.ready:
+            return UNREACHABLE_RETRY_S
+        pods = member.pods_of(key)
+        current = {
+            int(p["metadata"]["labels"][RANK_LABEL]): observe_pod(
+                p, int(p["metadata"]["labels"][RANK_LABEL])
+            )
+            for p in pods.values()
+            if p["metadata"]["labels"].get(ATTEMPT_LABEL) == str(status.attempt)
+        }
+        stale = [
+            n
+            for n, p in pods.items()
+            if p["metadata"]["labels"].get(ATTEMPT_LABEL) != str(status.attempt)
+        ]
+        if stale:
+            await self.workers.delete_pods(member, key[0], stale)
+        view = JobView(
+            workers=spec.workers,
+            attempt=status.attempt,
+            launched=status.launched,
+            restarts=status.restarts,
+            backoff_limit=spec.run_policy.backoff_limit,
+            seconds_since_admitted=_age_s(status.admitted_at),
+            active_deadline_seconds=spec.run_policy.active_deadline_seconds,
+        )
+        action = next_action(view, current)
+        now = _now()
+        if isinstance(action, Launch):
+            error = await self.workers.launch(body, spec, placement, status.attempt, action.ranks)
+            if error:
+                await self.workers.remove_all(key, placement.cluster)
+                message = f"gang rolled back: {error}"
+                await self._patch(
+                    body, transitions.waiting(status, "GangRollback", message, gen, now)
+                )
+                await self._event(body, "Warning", "GangRollback", message)
+                self._not_before[key] = asyncio.get_running_loop().time() + ROLLBACK_RETRY_S
+                self.queue.add_after(key, ROLLBACK_RETRY_S)
+                return None
+            await self._patch(body, transitions.launched(status, gen))
+        elif isinstance(action, Restart):
+            await self.workers.remove_attempt(member, key, status.attempt)
+            await self._patch(body, transitions.restarting(status, action, gen, now))
+            charged = "charged to backoffLimit" if action.charged else "not charged"
+            await self._event(body, "Warning", "GangRestarted", f"{action.message} ({charged})")
+        elif isinstance(action, Succeed):
+            await self._patch(body, transitions.succeeded(status, action, gen, now))
+            await self._event(body, "Normal", "Succeeded", "all workers exited 0")
+            self.want_placement()
+        elif isinstance(action, Fail):
+            await self.workers.stop_running(member, key)
+            await self._patch(
+                body, transitions.failed(status, action.reason, action.message, gen, now)
+            )
+            await self._event(body, "Warning", action.reason, action.message)
+            self.want_placement()
+        elif isinstance(action, Observe):
+            new = transitions.observed(status, action, gen, now)
+            if new != status:
+                await self._patch(body, new)
+                if new.state == "Running" and status.state != "Running":
+                    await self._event(body, "Normal", "Running", "all workers running")
+        deadline = spec.run_policy.active_deadline_seconds
+        if deadline is not None and view.seconds_since_admitted is not None:
+            return max(deadline - view.seconds_since_admitted, 0) + 0.5
+        return None
+
+    async def _finished(
+        self, key: JobKey, body: Obj, spec: TrainingJobSpec, status: TrainingJobStatus
+    ) -> float | None:
+        ttl = spec.run_policy.ttl_seconds_after_finished
+        if ttl is None:
+            return None
+        left = ttl - (_age_s(status.completion_time) or 0)
+        if left > 0:
+            return left + 0.5
+        await hubio.delete(self.hub, PLURAL, body)
+        return None
+
+    async def _finalize(self, key: JobKey, body: Obj) -> float | None:
+        finalizers = body["metadata"].get("finalizers") or []
+        if FINALIZER not in finalizers:
+            return None
+        status = TrainingJobStatus.model_validate(body.get("status") or {})
+        clusters = {status.placement.cluster} if status.placement else set()
+        clusters |= {
+            name
+            for name, reg in self.fleet.clusters.items()
+            if reg.member and reg.member.pods_of(key)
+        }
+        for cluster in clusters:
+            if not await self.workers.remove_all(key, cluster):
+                log.info("job %s/%s: cluster %s unreachable, cleanup retried", *key, cluster)
+                return UNREACHABLE_RETRY_S
+        await self._save_meta(
+            await hubio.set_finalizers(
+                self.hub, PLURAL, body, [f for f in finalizers if f != FINALIZER]
+            )
+        )
+        self.want_placement()
+        return None
+
+    # --- placement --------------------------------------------------------------------------
+
+    async def _placement_loop(self) -> None:
+        while True:
+            await self._placement_wanted.wait()
+            await asyncio.sleep(self.settings.placement_interval_s)
+            self._placement_wanted.clear()
+            try:
+                await self.place_waiting()
+            except Exception:
+                log.exception("placement pass failed")
+                self.want_placement()
+
+    def _waiting(self) -> list[tuple[JobKey, Obj, TrainingJobSpec, TrainingJobStatus]]:
+        now = asyncio.get_running_loop().time()
+        out = []
+        for key, body in self.jobs.items():
+            if body["metadata"].get("deletionTimestamp") or self._not_before.get(key, 0) > now:
+                continue
+            status = TrainingJobStatus.model_validate(body.get("status") or {})
+            if status.placement is not None or status.state in (*transitions.TERMINAL, "Suspended"):
+                continue
+            try:
+                spec = TrainingJobSpec.model_validate(body.get("spec") or {})
+            except ValidationError:
+                continue
+            if not spec.run_policy.suspend:
+                out.append((key, body, spec, status))
+        return out
+
+    def reservations(self) -> list[Reservation]:
+        held = []
+        for key, body in self.jobs.items():
+            raw = body.get("status") or {}
+            if not raw.get("placement") or raw.get("state") in transitions.TERMINAL:
+                continue
+            status = TrainingJobStatus.model_validate(raw)
+            spec = TrainingJobSpec.model_validate(body.get("spec") or {})
+            placement = status.placement
+            assert placement is not None
+            member = self.fleet.member(placement.cluster)
+            bound = 0
+            if member is not None and status.launched:
+                bound = sum(
+                    1
+                    for p in member.pods_of(key).values()
+                    if p["metadata"]["labels"].get(ATTEMPT_LABEL) == str(status.attempt)
+                    and p["spec"].get("nodeName")
+                )
+            demand = gang_demand("", spec)
+            per_worker = demand.per_worker
+            per_worker = type(per_worker)(
+                per_worker.milli_cpu, per_worker.memory, placement.gpus_per_worker, 1
+            )
+            if spec.workers - bound > 0:
+                held.append(
+                    Reservation(placement.cluster, placement.pool, per_worker, spec.workers - bound)
+                )
+        return held
+
+    async def place_waiting(self) -> None:
+        waiting = self._waiting()
+        if not waiting:
+            return
+        demands = [
+            gang_demand(f"{k[0]}/{k[1]}", spec, body["metadata"].get("creationTimestamp", ""))
+            for k, body, spec, _ in waiting
+        ]
+        outcomes = plan(demands, self.fleet.offers(self.reservations()))
+        now = _now()
+        sem = asyncio.Semaphore(32)
+
+        async def apply(
+            key: JobKey, body: Obj, spec: TrainingJobSpec, status: TrainingJobStatus
+        ) -> None:
+            outcome = outcomes[f"{key[0]}/{key[1]}"]
+            gen = int(body["metadata"].get("generation", 0))
+            async with sem:
+                if isinstance(outcome, Placed):
+                    placement = JobPlacement(
+                        cluster=outcome.cluster,
+                        pool=outcome.pool,
+                        accelerator=outcome.accelerator or "",
+                        gpus_per_worker=outcome.gpus_per_worker,
+                    )
+                    await self._patch(
+                        body, transitions.admitted(status, placement, spec.workers, gen, now)
+                    )
+                    await self._event(
+                        body,
+                        "Normal",
+                        "Placed",
+                        f"pool {outcome.pool} in cluster {outcome.cluster}",
+                    )
+                    self.queue.add(key)
+                elif isinstance(outcome, Waiting):
+                    current = next((c for c in status.conditions if c.type == "Admitted"), None)
+                    if (
+                        status.state != "Waiting"
+                        or current is None
+                        or (current.reason, current.message) != (outcome.reason, outcome.message)
+                    ):
+                        await self._patch(
+                            body,
+                            transitions.waiting(status, outcome.reason, outcome.message, gen, now),
+                        )
+                        if current is None or current.reason != outcome.reason:
+                            await self._event(
+                                body, "Normal", "Waiting", f"{outcome.reason}: {outcome.message}"
+                            )
+                elif isinstance(outcome, Unplaceable):
+                    await self._patch(
+                        body, transitions.failed(status, outcome.reason, outcome.message, gen, now)
+                    )
+                    await self._event(body, "Warning", outcome.reason, outcome.message)
+
+        await asyncio.gather(*(apply(k, b, s, st) for k, b, s, st in waiting))
+
+    # --- hub writes -------------------------------------------------------------------------
+
+    async def _patch(self, body: Obj, status: TrainingJobStatus) -> Obj:
+        dumped = status.model_dump(mode="json", by_alias=True)
+        updated = await hubio.patch_status(self.hub, PLURAL, body, dumped)
+        return await self._save_meta(updated)
+
+    async def _save_meta(self, updated: Obj) -> Obj:
+        self._remember(updated)
+        return self.jobs.get(job_key(updated), updated)
+
+    async def _event(self, body: Obj, type_: str, reason: str, message: str) -> None:
+        await hubio.post_event(self.hub, KIND, body, type_, reason, message)
