@@ -221,7 +221,9 @@ def _register_member_secrets(config: RigConfig, hub: str = "hub") -> None:
     with api_client(paths.kubeconfig_path(hub)) as api:
         core = client.CoreV1Api(api)
         try:
-            core.create_namespace({"metadata": {"name": MEMBER_SECRET_NAMESPACE}})
+            core.create_namespace(
+                client.V1Namespace(metadata=client.V1ObjectMeta(name=MEMBER_SECRET_NAMESPACE))
+            )
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -229,14 +231,14 @@ def _register_member_secrets(config: RigConfig, hub: str = "hub") -> None:
             if cluster.name == hub:
                 continue
             text = yaml.safe_dump(inline_kubeconfig(paths.kubeconfig_path(cluster.name)))
-            secret = {
-                "metadata": {
-                    "name": member_secret_name(cluster.name),
-                    "namespace": MEMBER_SECRET_NAMESPACE,
-                    "labels": {"app.kubernetes.io/part-of": "kaon-rig"},
-                },
-                "stringData": {"kubeconfig": text},
-            }
+            secret = client.V1Secret(
+                metadata=client.V1ObjectMeta(
+                    name=member_secret_name(cluster.name),
+                    namespace=MEMBER_SECRET_NAMESPACE,
+                    labels={"app.kubernetes.io/part-of": "kaon-rig"},
+                ),
+                string_data={"kubeconfig": text},
+            )
             try:
                 core.create_namespaced_secret(MEMBER_SECRET_NAMESPACE, secret)
             except ApiException as exc:
