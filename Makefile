@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup rig-build rig-up rig-down rig-status test unit lint crds verify demo bench clean
+.PHONY: help setup rig-build rig-up rig-down rig-status test unit lint crds verify demo run bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -50,17 +50,11 @@ unit: setup ## unit tests only (no cluster)
 test: lint verify rig-build ## lint, then unit + integration + e2e tests against the local rig
 	$(PY) -m pytest tests -m "not bench" $(PYTEST_ARGS)
 
-demo: rig-up ## bring up the rig and run a GPU pod through the real scheduler and kwok stages
-	@source <($(KAON) rig env) && set -x && \
-	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" get nodes -L kaon.dev/pool,kaon.dev/accelerator && \
-	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" delete pod gpu-demo --ignore-not-found --wait && \
-	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" apply -f examples/rig/gpu-pod.yaml && \
-	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" wait pod/gpu-demo --for=jsonpath='{.status.phase}'=Running --timeout=60s && \
-	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" get pod gpu-demo -o wide && \
-	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" wait pod/gpu-demo --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s && \
-	  kubectl --kubeconfig "$$($(KAON) rig kubeconfig east)" get pod gpu-demo \
-	    -o jsonpath='{.spec.nodeName}: {.status.containerStatuses[0].state.terminated.message}{"\n"}'
-	@echo "The rig stays up: 'source <($(KAON) rig env)' to use it by hand, 'make rig-down' to remove it."
+demo: rig-up ## the rig, CRDs, the operator, two members and example TrainingJobs, end to end
+	hack/demo.sh
+
+run: rig-up ## run the operator on the rig's hub (Ctrl-C stops it)
+	source <($(KAON) rig env) && kubectl apply -f crds/ && $(KAON) run
 
 clean: ## remove the virtual environment and caches inside the repo
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench

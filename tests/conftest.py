@@ -6,13 +6,17 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from kaon.rig import rig
 from kaon.rig.config import load_config
 
-from kaonrig import Rig
+from kaonrig import GROUP, VERSION, Jobs, OperatorProcess, Rig, wait_for
 
 MARKERS_BY_DIR = {"integration": "integration", "e2e": "e2e", "bench": "bench"}
 
@@ -52,3 +56,90 @@ def namespace(kaon_rig: Rig, request: pytest.FixtureRequest) -> Iterator[str]:
     yield name
     for cluster in kaon_rig.names:
         kaon_rig.core(cluster).delete_namespace(name)
+    # Wait until its pods are gone, so the next test finds the pools' capacity free again.
+    for cluster in kaon_rig.names:
+        _wait_pods_gone(kaon_rig.core(cluster), name)
+
+
+def _wait_pods_gone(core: client.CoreV1Api, ns: str) -> None:
+    try:
+        wait_for(lambda: core.list_namespaced_pod(ns).items, lambda p: not p, "", 15)
+    except AssertionError:
+        # kwok misses pods that were Terminating when its controller restarted: finish them.
+        for pod in core.list_namespaced_pod(ns).items:
+            core.delete_namespaced_pod(pod.metadata.name, ns, grace_period_seconds=0)
+        wait_for(
+            lambda: core.list_namespaced_pod(ns).items,
+            lambda pods: not pods,
+            f"pods of namespace {ns} deleted",
+            timeout_s=60,
+        )
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _create_or_replace_crd(ext: client.ApiextensionsV1Api, body: dict[str, Any]) -> None:
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(body["metadata"]["name"])
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+
+
+@pytest.fixture(scope="session")
+def kaon_crds(kaon_rig: Rig) -> None:
+    """The generated CRDs from crds/, applied to the hub as a user would."""
+    ext = client.ApiextensionsV1Api(kaon_rig.api("hub"))
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        _create_or_replace_crd(ext, body)
+        wait_for(
+            lambda n=body["metadata"]["name"]: ext.read_custom_resource_definition(n),
+            lambda crd: any(
+                c.type == "Established" and c.status == "True"
+                for c in (crd.status.conditions or [])
+            ),
+            f"{path.name} established",
+        )
+
+
+@pytest.fixture(scope="session")
+def kaon_operator(
+    kaon_rig: Rig, kaon_crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """`kaon run` against the hub, with the rig's members registered from examples/clusters."""
+    objects = client.CustomObjectsApi(kaon_rig.api("hub"))
+    for path in sorted((REPO / "examples" / "clusters").glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        try:
+            objects.create_cluster_custom_object(GROUP, VERSION, "computeclusters", body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    op = OperatorProcess(kaon_rig.kubeconfig("hub"), tmp_path_factory.mktemp("operator") / "log")
+    op.start()
+    wait_members_ready(kaon_rig)
+    yield op
+    op.stop()
+
+
+def wait_members_ready(kaon_rig: Rig, names: tuple[str, ...] = ("east", "west")) -> None:
+    objects = client.CustomObjectsApi(kaon_rig.api("hub"))
+    for name in names:
+        wait_for(
+            lambda n=name: objects.get_cluster_custom_object(GROUP, VERSION, "computeclusters", n),
+            lambda cc: any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in (cc.get("status") or {}).get("conditions") or []
+            ),
+            f"ComputeCluster {name} Ready",
+        )
+
+
+@pytest.fixture
+def jobs(kaon_rig: Rig) -> Jobs:
+    return Jobs(kaon_rig.api("hub"))

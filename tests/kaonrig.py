@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from kaon.rig import paths
-from kaon.rig.config import RigConfig
+from kaon.rig.config import GPU_RESOURCE, GPU_TAINT_KEY, POOL_LABEL, RigConfig
 from kaon.rig.kube import api_client
 
 T = TypeVar("T")
@@ -55,3 +60,148 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {value}")
         time.sleep(interval_s)
+
+
+def sim_pod(
+    name: str,
+    *,
+    pool: str,
+    gpus: int = 0,
+    exit_code: int | None = None,
+    duration: str = "1s",
+    message: str | None = None,
+) -> dict[str, Any]:
+    annotations: dict[str, str] = {}
+    if exit_code is not None:
+        annotations = {"kaon.dev/sim-exit-code": str(exit_code), "kaon.dev/sim-duration": duration}
+        if message is not None:
+            annotations["kaon.dev/sim-message"] = message
+    limits = {"cpu": "1", "memory": "1Gi"} | ({GPU_RESOURCE: str(gpus)} if gpus else {})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {POOL_LABEL: pool},
+            "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [
+                {"name": "main", "image": "kaon/runtime:test", "resources": {"limits": limits}}
+            ],
+        },
+    }
+
+
+class OperatorProcess:
+    """`kaon run` as a user runs it, against the rig's hub, logging to a file."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(
+            os.environ, KUBECONFIG=str(self.kubeconfig), KAON_RUNTIME_IMAGE="kaon/runtime:test"
+        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kaon.cli", "run"], env=env, stdout=log, stderr=log
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as when a node dies under the operator."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+GROUP, VERSION = "kaon.dev", "v1alpha1"
+
+
+class Jobs:
+    """TrainingJobs on the hub, as a user handles them."""
+
+    def __init__(self, hub: client.ApiClient) -> None:
+        self.api = client.CustomObjectsApi(hub)
+
+    def create(
+        self,
+        ns: str,
+        name: str,
+        spec: dict[str, Any],
+        annotations: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "TrainingJob",
+            "metadata": {"name": name, "annotations": annotations or {}},
+            "spec": spec,
+        }
+        return self.api.create_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", body)  # type: ignore[no-any-return]
+
+    def get(self, ns: str, name: str) -> dict[str, Any]:
+        return self.api.get_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name)  # type: ignore[no-any-return]
+
+    def patch_spec(self, ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.api.patch_namespaced_custom_object(  # type: ignore[no-any-return]
+            GROUP, VERSION, ns, "trainingjobs", name, {"spec": spec}
+        )
+
+    def delete(self, ns: str, name: str) -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name)
+
+    def exists(self, ns: str, name: str) -> bool:
+        try:
+            self.get(ns, name)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def wait(
+        self,
+        ns: str,
+        name: str,
+        done: Callable[[dict[str, Any]], bool],
+        what: str,
+        timeout_s: float = 60.0,
+    ) -> dict[str, Any]:
+        return wait_for(lambda: self.get(ns, name), done, f"{name}: {what}", timeout_s)
+
+    def wait_state(
+        self, ns: str, name: str, *states: str, timeout_s: float = 60.0
+    ) -> dict[str, Any]:
+        return self.wait(ns, name, lambda j: state(j) in states, f"state in {states}", timeout_s)
+
+
+def state(job: dict[str, Any]) -> str:
+    return str((job.get("status") or {}).get("state", ""))
+
+
+def condition(job: dict[str, Any], type_: str) -> dict[str, Any]:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def worker_pods(core: client.CoreV1Api, ns: str, job: str) -> list[client.V1Pod]:
+    selector = f"app.kubernetes.io/managed-by=kaon,kaon.dev/job-name={job}"
+    return list(core.list_namespaced_pod(ns, label_selector=selector).items)

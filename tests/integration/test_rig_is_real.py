@@ -12,40 +12,10 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kaon.rig import paths, rig
-from kaon.rig.config import GPU_RESOURCE, GPU_TAINT_KEY, POOL_LABEL
+from kaon.rig.config import GPU_RESOURCE, POOL_LABEL
 from kaon.rig.versions import VERSIONS
 
-from kaonrig import Rig, wait_for
-
-
-def sim_pod(
-    name: str,
-    *,
-    pool: str,
-    gpus: int = 0,
-    exit_code: int | None = None,
-    duration: str = "1s",
-    message: str | None = None,
-) -> dict[str, Any]:
-    annotations: dict[str, str] = {}
-    if exit_code is not None:
-        annotations = {"kaon.dev/sim-exit-code": str(exit_code), "kaon.dev/sim-duration": duration}
-        if message is not None:
-            annotations["kaon.dev/sim-message"] = message
-    limits = {"cpu": "1", "memory": "1Gi"} | ({GPU_RESOURCE: str(gpus)} if gpus else {})
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "restartPolicy": "Never",
-            "nodeSelector": {POOL_LABEL: pool},
-            "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
-            "containers": [
-                {"name": "main", "image": "kaon/runtime:test", "resources": {"limits": limits}}
-            ],
-        },
-    }
+from kaonrig import Rig, sim_pod, wait_for
 
 
 def read_pod(core: client.CoreV1Api, name: str, ns: str) -> client.V1Pod:

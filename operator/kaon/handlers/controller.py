@@ -25,7 +25,7 @@ from kaon.handlers.workers import WorkerOps
 from kaon.handlers.workqueue import WorkQueue
 from kaon.lifecycle import Fail, JobView, Launch, Observe, Restart, Succeed, next_action
 from kaon.lifecycle import status as transitions
-from kaon.lifecycle.workers import observe_pod
+from kaon.lifecycle.workers import WorkerState, observe_pod
 from kaon.placement import Placed, Unplaceable, Waiting, gang_demand, plan
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ PLURAL = "trainingjobs"
 KIND = "TrainingJob"
 ROLLBACK_RETRY_S = 5.0
 UNREACHABLE_RETRY_S = 2.0
+EXPECTATION_TTL_S = 30.0
 
 
 def _now() -> str:
@@ -67,6 +68,7 @@ class Controller:
         self.workers = WorkerOps(self.fleet, settings)
         self._placement_wanted = asyncio.Event()
         self._not_before: dict[JobKey, float] = {}
+        self._expected: dict[JobKey, dict[tuple[int, int], float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- wiring -----------------------------------------------------------------------------
@@ -87,6 +89,7 @@ class Controller:
         if kind == "DELETED":
             self.jobs.pop(key, None)
             self._not_before.pop(key, None)
+            self._expected.pop(key, None)
             self.want_placement()
             return
         self._remember(body)
@@ -143,6 +146,9 @@ class Controller:
                 await self._event(body, "Normal", "Suspended", "workers removed, pool freed")
                 self.want_placement()
             return None
+        if status.state == "Suspended":
+            await self._patch(body, transitions.resumed(status, gen, _now()))
+            await self._event(body, "Normal", "Resumed", "waiting to be placed again")
         if status.placement is None:
             self.want_placement()
             return None
@@ -164,6 +170,7 @@ class Controller:
             for p in pods.values()
             if p["metadata"]["labels"].get(ATTEMPT_LABEL) == str(status.attempt)
         }
+        self._add_expected(key, status.attempt, spec.workers, current)
         stale = [
             n
             for n, p in pods.items()
@@ -194,6 +201,10 @@ class Controller:
                 self._not_before[key] = asyncio.get_running_loop().time() + ROLLBACK_RETRY_S
                 self.queue.add_after(key, ROLLBACK_RETRY_S)
                 return None
+            loop_now = asyncio.get_running_loop().time()
+            self._expected[key] = {
+                (status.attempt, r): loop_now + EXPECTATION_TTL_S for r in action.ranks
+            }
             await self._patch(body, transitions.launched(status, gen))
         elif isinstance(action, Restart):
             await self.workers.remove_attempt(member, key, status.attempt)
@@ -257,6 +268,26 @@ class Controller:
         self.want_placement()
         return None
 
+    def _add_expected(
+        self, key: JobKey, attempt: int, workers: int, current: dict[int, WorkerState]
+    ) -> None:
+        """Pods we created that the member's watch has not shown yet count as Pending, not lost.
+
+        Without this, a reconcile between our create and the watch event would see a launched
+        gang with a missing worker and restart it.
+        """
+        expected = self._expected.get(key)
+        if not expected:
+            return
+        now = asyncio.get_running_loop().time()
+        for (a, rank), deadline in list(expected.items()):
+            if a != attempt or rank in current or deadline < now:
+                del expected[(a, rank)]
+            elif rank < workers:
+                current[rank] = WorkerState(rank=rank, phase="Pending")
+        if not expected:
+            del self._expected[key]
+
     # --- placement --------------------------------------------------------------------------
 
     async def _placement_loop(self) -> None:
@@ -277,7 +308,7 @@ class Controller:
             if body["metadata"].get("deletionTimestamp") or self._not_before.get(key, 0) > now:
                 continue
             status = TrainingJobStatus.model_validate(body.get("status") or {})
-            if status.placement is not None or status.state in (*transitions.TERMINAL, "Suspended"):
+            if status.placement is not None or status.state in transitions.TERMINAL:
                 continue
             try:
                 spec = TrainingJobSpec.model_validate(body.get("spec") or {})

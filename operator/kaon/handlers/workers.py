@@ -93,17 +93,24 @@ class WorkerOps:
         await self.delete_pods(member, key[0], running)
 
     async def remove_all(self, key: JobKey, cluster: str) -> bool:
-        """Delete every pod and the Service of the job in the cluster; False if unreachable."""
+        """Delete every pod and the Service of the job in the cluster; False if not yet done.
+
+        Done means: a fresh listing shows no worker that is not already being deleted. An API
+        server that has just come back may answer before it serves everything, so a 404 or an
+        error is never taken as success.
+        """
         member = self.fleet.member(cluster)
         if member is None:
             return cluster not in self.fleet.clusters  # unregistered: nothing we can reach
+        if not member.ready:
+            return False
         ns, name = key
+        selector = job_selector(name)
         try:
-            await member.client.delete(paths.pods(ns), labelSelector=job_selector(name))
+            await member.client.delete(paths.pods(ns), labelSelector=selector)
             await member.client.delete_if_present(f"{paths.services(ns)}/{service_name(name)}")
+            left = await member.client.get(paths.pods(ns), labelSelector=selector)
         except ApiError as exc:
-            if exc.not_found:
-                return True
             log.info("cleanup of %s/%s in %s: %s", ns, name, cluster, exc)
             return False
-        return True
+        return all(p["metadata"].get("deletionTimestamp") for p in left.get("items", []))

@@ -142,5 +142,10 @@ def suspended(s: TrainingJobStatus, gen: int, now: str) -> TrainingJobStatus:
     )
 
 
+def resumed(s: TrainingJobStatus, gen: int, now: str) -> TrainingJobStatus:
+    s = _cond(s, "Suspended", False, "Resumed", "spec.runPolicy.suspend is false", gen, now)
+    return _with(s, gen, state="Pending")
+
+
 def _has(s: TrainingJobStatus, type_: str) -> bool:
     return any(c.type == type_ for c in s.conditions)

@@ -167,7 +167,7 @@ def _wait_reachable(kubeconfig: Path, timeout_s: float) -> bool:
     return False
 
 
-def _sync_nodes(cluster: RigCluster) -> None:
+def sync_nodes(cluster: RigCluster) -> None:
     """Create the pools' nodes, remove rig nodes no longer described, wait until all are Ready."""
     wanted = {m["metadata"]["name"]: m for m in node_manifests(cluster)}
     selector = f"{RIG_LABEL}=true"
@@ -258,11 +258,23 @@ def up(config: RigConfig) -> dict[str, str]:
     # the same port. Nodes are then synced in parallel.
     actions = {c.name: _ensure_cluster(c.name) for c in config.clusters}
     with ThreadPoolExecutor(max_workers=len(config.clusters)) as pool:
-        list(pool.map(_sync_nodes, config.clusters))
+        list(pool.map(sync_nodes, config.clusters))
     _register_member_secrets(config)
     for name, action in actions.items():
         _log(f"{name}: {action}, kubeconfig {paths.kubeconfig_path(name)}")
     return actions
+
+
+def stop_cluster(name: str) -> None:
+    """Stop a cluster's processes, keeping its state (a member that went away)."""
+    _kwokctl("stop", "cluster", "--name", name)
+
+
+def start_cluster(name: str) -> None:
+    """Start a stopped cluster again with its state."""
+    _kwokctl("start", "cluster", "--name", name)
+    if not _wait_reachable(paths.kubeconfig_path(name), 60):
+        raise RigError(f"cluster {name} did not answer after start")
 
 
 def _leftover_processes() -> list[int]:

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# make demo: the local rig, kaon's CRDs, the operator, the rig's members and a few TrainingJobs,
+# watched until they settle. Everything runs on this machine; nothing is installed by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KAON=.venv/bin/kaon
+source <("$KAON" rig env)
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+step "CRDs on the hub (generated from kaon.api)"
+kubectl apply -f crds/
+kubectl wait --for condition=established crd/trainingjobs.kaon.dev crd/computeclusters.kaon.dev --timeout=60s
+
+step "the operator: kaon run (log in $KAON_RIG_DIR/operator.log)"
+pkill -f "kaon run" 2>/dev/null || true
+"$KAON" run >"$KAON_RIG_DIR/operator.log" 2>&1 &
+OPERATOR=$!
+trap 'kill $OPERATOR 2>/dev/null || true' EXIT
+
+step "member clusters east and west, registered from examples/clusters"
+kubectl apply -f examples/clusters/
+kubectl wait --for condition=Ready computecluster/east computecluster/west --timeout=60s
+kubectl get computeclusters -o wide
+
+step "TrainingJobs from examples/trainingjobs (kwok workers end as their annotations say)"
+kubectl delete -f examples/trainingjobs/ --ignore-not-found --wait >/dev/null
+kubectl apply -f examples/trainingjobs/
+for _ in $(seq 1 30); do
+  sleep 2
+  clear 2>/dev/null || true
+  date +%T
+  kubectl get tj -o wide
+  pending=$(kubectl get tj -o jsonpath='{range .items[*]}{.status.state}{"\n"}{end}' | grep -cvE '^(Succeeded|Failed)$' || true)
+  [ "$pending" = 0 ] && break
+done
+
+step "why a job waited, and what happened to the flaky one"
+kubectl get events --field-selector involvedObject.kind=TrainingJob --sort-by=.lastTimestamp | tail -15
+
+cat <<'NEXT'
+
+Try next (the rig stays up; the operator stops with this script):
+  source <(.venv/bin/kaon rig env)       # kubectl and helm of the rig, KUBECONFIG at the hub
+  .venv/bin/kaon run &                   # the operator again
+  kubectl get tj -w                      # watch jobs
+  kubectl explain trainingjob.spec.placement
+  make rig-down                          # remove the rig
+NEXT

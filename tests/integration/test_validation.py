@@ -1,0 +1,179 @@
+"""Invalid manifests are refused by the API server (schema and CEL), naming the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kaonrig import GROUP, VERSION, Jobs, Rig
+
+pytestmark = pytest.mark.usefixtures("kaon_crds")
+
+GOOD: dict[str, Any] = {"model": {"family": "cnn"}, "workers": 2}
+
+INVALID_JOBS = [
+    ("no model", {"workers": 1}, "spec.model", "Required value"),
+    (
+        "unknown family",
+        {"model": {"family": "transformer"}},
+        "spec.model.family",
+        "Unsupported value",
+    ),
+    ("zero workers", GOOD | {"workers": 0}, "spec.workers", "greater than or equal to 1"),
+    (
+        "gpu type without gpus",
+        GOOD | {"resources": {"gpuType": "nvidia-a100"}},
+        "spec.resources.gpuType",
+        "gpuType requires gpus > 0",
+    ),
+    (
+        "bad cpu quantity",
+        GOOD | {"resources": {"cpu": "lots"}},
+        "spec.resources.cpu",
+        "should match",
+    ),
+    (
+        "checkpoint interval zero",
+        GOOD | {"checkpoint": {"intervalSteps": 0}},
+        "spec.checkpoint.intervalSteps",
+        "greater than or equal to 1",
+    ),
+    (
+        "rnn settings on a cnn",
+        {"model": {"family": "cnn", "rnn": {"cell": "gru"}}},
+        "spec.model.rnn",
+        "rnn settings are given but family is not rnn",
+    ),
+    (
+        "kernel sizes mismatch",
+        {"model": {"family": "cnn", "cnn": {"channels": [8, 16], "kernelSizes": [3]}}},
+        "spec.model.cnn.kernelSizes",
+        "one size per conv block",
+    ),
+    (
+        "file data without path",
+        GOOD | {"data": {"source": "file"}},
+        "spec.data.path",
+        "path is required when source is file",
+    ),
+    (
+        "unknown cell",
+        {"model": {"family": "rnn", "rnn": {"cell": "transformer"}}},
+        "spec.model.rnn.cell",
+        "Unsupported value",
+    ),
+    (
+        "negative backoff",
+        GOOD | {"runPolicy": {"backoffLimit": -1}},
+        "spec.runPolicy.backoffLimit",
+        "greater than or equal to 0",
+    ),
+    (
+        "accelerator on a cpu preference",
+        GOOD | {"placement": {"poolPreferences": [{"type": "cpu", "accelerator": "nvidia-t4"}]}},
+        "spec.placement.poolPreferences[0].accelerator",
+        "accelerator applies to gpu pools only",
+    ),
+    (
+        "learning rate zero",
+        GOOD | {"training": {"learningRate": 0}},
+        "spec.training.learningRate",
+        "greater than 0",
+    ),
+    (
+        "bad selector operator",
+        GOOD
+        | {
+            "placement": {
+                "clusterSelector": {"matchExpressions": [{"key": "region", "operator": "Near"}]}
+            }
+        },
+        "spec.placement.clusterSelector.matchExpressions[0].operator",
+        "Unsupported value",
+    ),
+]
+
+
+def refusal(exc: ApiException) -> str:
+    return str(json.loads(exc.body)["message"])
+
+
+@pytest.mark.parametrize(
+    ("case", "spec", "field", "says"), INVALID_JOBS, ids=[c[0] for c in INVALID_JOBS]
+)
+def test_invalid_trainingjob_is_refused_naming_the_field(
+    kaon_rig: Rig, namespace: str, case: str, spec: dict[str, Any], field: str, says: str
+) -> None:
+    with pytest.raises(ApiException) as refused:
+        Jobs(kaon_rig.api("hub")).create(namespace, "bad", spec)
+    assert refused.value.status == 422, case
+    message = refusal(refused.value)
+    assert field in message and says in message, message
+
+
+def test_valid_job_gets_the_schema_defaults(kaon_rig: Rig, namespace: str) -> None:
+    job = Jobs(kaon_rig.api("hub")).create(namespace, "good", GOOD)
+    assert job["spec"]["training"]["epochs"] == 10
+    assert job["spec"]["resources"] == {"cpu": "1", "memory": "2Gi", "gpus": 0}
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 3
+
+
+def test_admitted_job_refuses_a_change_of_workers(kaon_rig: Rig, namespace: str) -> None:
+    jobs = Jobs(kaon_rig.api("hub"))
+    jobs.create(namespace, "fixed", GOOD)
+    placed = {"state": "Admitted", "placement": {"cluster": "east", "pool": "cpu"}}
+    jobs.api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "trainingjobs", "fixed", {"status": placed}
+    )
+    with pytest.raises(ApiException) as refused:
+        jobs.patch_spec(namespace, "fixed", {"workers": 4})
+    assert "spec.workers cannot change once the job is admitted" in refusal(refused.value)
+    jobs.patch_spec(namespace, "fixed", {"runPolicy": {"suspend": True}})  # still allowed
+
+
+INVALID_CLUSTERS = [
+    (
+        "neither hub nor secret",
+        {"pools": [{"name": "p", "nodeSelector": {"a": "b"}}]},
+        "spec.kubeconfigSecretRef",
+        "set exactly one of hub",
+    ),
+    ("no pools", {"hub": True, "pools": []}, "spec.pools", "should have at least 1 items"),
+    (
+        "duplicate pools",
+        {"hub": True, "pools": [{"name": "p", "nodeSelector": {"a": "b"}}] * 2},
+        "spec.pools",
+        "pool names must be unique",
+    ),
+    (
+        "pool without selector",
+        {"hub": True, "pools": [{"name": "p", "nodeSelector": {}}]},
+        "spec.pools[0].nodeSelector",
+        "should have at least 1 properties",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "spec", "field", "says"), INVALID_CLUSTERS, ids=[c[0] for c in INVALID_CLUSTERS]
+)
+def test_invalid_computecluster_is_refused_naming_the_field(
+    kaon_rig: Rig, case: str, spec: dict[str, Any], field: str, says: str
+) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ComputeCluster",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    with pytest.raises(ApiException) as refused:
+        client.CustomObjectsApi(kaon_rig.api("hub")).create_cluster_custom_object(
+            GROUP, VERSION, "computeclusters", body
+        )
+    assert refused.value.status == 422, case
+    message = refusal(refused.value)
+    assert field in message and says in message, message
