@@ -56,5 +56,8 @@ demo: rig-up ## the rig, CRDs, the operator, two members and example TrainingJob
 run: rig-up ## run the operator on the rig's hub (Ctrl-C stops it)
 	source <($(KAON) rig env) && kubectl apply -f crds/ && $(KAON) run
 
+bench: rig-build ## benchmarks with same-run baselines; figures into .bench/results.json
+	$(PY) tests/bench/controlplane.py
+
 clean: ## remove the virtual environment and caches inside the repo
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench

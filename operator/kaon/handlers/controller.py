@@ -69,6 +69,7 @@ class Controller:
         self._placement_wanted = asyncio.Event()
         self._not_before: dict[JobKey, float] = {}
         self._expected: dict[JobKey, dict[tuple[int, int], float]] = {}
+        self._models: dict[JobKey, tuple[str, TrainingJobSpec | None, TrainingJobStatus]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- wiring -----------------------------------------------------------------------------
@@ -90,6 +91,7 @@ class Controller:
             self.jobs.pop(key, None)
             self._not_before.pop(key, None)
             self._expected.pop(key, None)
+            self._models.pop(key, None)
             self.want_placement()
             return
         self._remember(body)
@@ -126,14 +128,13 @@ class Controller:
                     self.hub, PLURAL, body, [*(meta.get("finalizers") or []), FINALIZER]
                 )
             )
-        status = TrainingJobStatus.model_validate(body.get("status") or {})
+        spec, status = self._parsed(body)
         gen = int(meta.get("generation", 0))
-        try:
-            spec = TrainingJobSpec.model_validate(body.get("spec") or {})
-        except ValidationError as exc:
+        if spec is None:
             if status.state != "Failed":
+                message = "spec does not match the TrainingJob schema of this operator version"
                 await self._patch(
-                    body, transitions.failed(status, "InvalidSpec", str(exc), gen, _now())
+                    body, transitions.failed(status, "InvalidSpec", message, gen, _now())
                 )
             return None
         if status.state in transitions.TERMINAL:
@@ -301,20 +302,30 @@ class Controller:
                 log.exception("placement pass failed")
                 self.want_placement()
 
+    def _parsed(self, body: Obj) -> tuple[TrainingJobSpec | None, TrainingJobStatus]:
+        """Spec (None if invalid) and status as models, cached per resourceVersion."""
+        key, rv = job_key(body), body["metadata"].get("resourceVersion", "")
+        cached = self._models.get(key)
+        if cached and cached[0] == rv:
+            return cached[1], cached[2]
+        status = TrainingJobStatus.model_validate(body.get("status") or {})
+        try:
+            spec: TrainingJobSpec | None = TrainingJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            spec = None
+        self._models[key] = (rv, spec, status)
+        return spec, status
+
     def _waiting(self) -> list[tuple[JobKey, Obj, TrainingJobSpec, TrainingJobStatus]]:
         now = asyncio.get_running_loop().time()
         out = []
         for key, body in self.jobs.items():
             if body["metadata"].get("deletionTimestamp") or self._not_before.get(key, 0) > now:
                 continue
-            status = TrainingJobStatus.model_validate(body.get("status") or {})
+            spec, status = self._parsed(body)
             if status.placement is not None or status.state in transitions.TERMINAL:
                 continue
-            try:
-                spec = TrainingJobSpec.model_validate(body.get("spec") or {})
-            except ValidationError:
-                continue
-            if not spec.run_policy.suspend:
+            if spec is not None and not spec.run_policy.suspend:
                 out.append((key, body, spec, status))
         return out
 
@@ -324,10 +335,10 @@ class Controller:
             raw = body.get("status") or {}
             if not raw.get("placement") or raw.get("state") in transitions.TERMINAL:
                 continue
-            status = TrainingJobStatus.model_validate(raw)
-            spec = TrainingJobSpec.model_validate(body.get("spec") or {})
+            spec, status = self._parsed(body)
             placement = status.placement
-            assert placement is not None
+            if spec is None or placement is None:
+                continue
             member = self.fleet.member(placement.cluster)
             bound = 0
             if member is not None and status.launched:
