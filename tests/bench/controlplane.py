@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -106,9 +107,27 @@ class RunningPods:
     async def wait(self, target: int, timeout_s: float = 900) -> None:
         deadline = time.monotonic() + timeout_s
         while self.count < target:
+            for t in self.tasks:
+                if t.done():
+                    t.result()  # a watch that died says why
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.count} of {target} pods Running after {timeout_s}s")
             await asyncio.sleep(0.05)
+
+
+async def fresh_namespace(client: KubeClient) -> None:
+    """The bench namespace, after any earlier one has finished terminating."""
+    while True:
+        try:
+            ns = await client.get(f"{rest.namespaces()}/{NS}")
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+            await client.create(rest.namespaces(), {"metadata": {"name": NS}})
+            return
+        if not ns["metadata"].get("deletionTimestamp"):
+            return
+        await asyncio.sleep(1)
 
 
 async def prepare(hub: KubeClient, members: dict[str, KubeClient]) -> None:
@@ -118,7 +137,7 @@ async def prepare(hub: KubeClient, members: dict[str, KubeClient]) -> None:
             hub.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body)
         )
     for member, client in members.items():
-        await ignore_conflict(client.create(rest.namespaces(), {"metadata": {"name": NS}}))
+        await fresh_namespace(client)
         for i in range(POOL.nodes):
             await ignore_conflict(client.create(rest.nodes(), node_manifest(member, POOL, i)))
         await ignore_conflict(
@@ -141,15 +160,19 @@ async def prepare(hub: KubeClient, members: dict[str, KubeClient]) -> None:
                 },
             )
         )
-    await ignore_conflict(hub.create(rest.namespaces(), {"metadata": {"name": NS}}))
+    await fresh_namespace(hub)
     await asyncio.sleep(2)  # the new nodes become Ready
 
 
 async def clear_pods(members: dict[str, KubeClient], watcher: RunningPods) -> None:
     for client in members.values():
-        await client.request("DELETE", rest.pods(NS), params={"gracePeriodSeconds": "0"})
+        await client.request(
+            "DELETE", rest.pods(NS), params={"gracePeriodSeconds": "0"}, timeout_s=600
+        )
     while True:
-        left = sum(len((await c.get(rest.pods(NS)))["items"]) for c in members.values())
+        left = 0
+        for c in members.values():
+            left += len((await c.get(rest.pods(NS)))["items"])
         if left == 0:
             return
         await asyncio.sleep(0.5)
@@ -173,6 +196,10 @@ async def raw_limit(members: dict[str, KubeClient], n: int, workers: int) -> flo
     await clear_pods(members, watcher)
     await watcher.stop()
     return elapsed
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def cpu_seconds() -> dict[str, float]:
@@ -257,12 +284,15 @@ async def with_kaon(
             created[name] = time.monotonic()
 
         await bounded(create(i) for i in range(n))
+        progress(f"kaon: {n} jobs created")
         await watcher.wait(n * workers)
+        progress(f"kaon: {n * workers} pods running")
         elapsed = time.monotonic() - t0
         cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu_seconds().items()}
         waits = sorted(clock.admitted[k] - created[k] for k in created if k in clock.admitted)
         # More jobs than fit: the operator now holds 2N live jobs, N of them waiting.
         await bounded(create(i) for i in range(n, 2 * n))
+        progress(f"kaon: {2 * n} jobs live")
         await asyncio.sleep(10)
         memory = rss_mib(op.pid)
         await watcher.stop()
@@ -273,6 +303,13 @@ async def with_kaon(
 
 
 async def cleanup(hub: KubeClient, members: dict[str, KubeClient]) -> None:
+    jobs = rest.custom(API_VERSION, "trainingjobs", NS)
+    with contextlib.suppress(ApiError):  # no operator runs now: release kaon's finalizers
+        listing = await hub.get(jobs)
+        await bounded(
+            hub.merge_patch(f"{jobs}/{j['metadata']['name']}", {"metadata": {"finalizers": None}})
+            for j in listing["items"]
+        )
     await hub.delete_if_present(f"{rest.namespaces()}/{NS}")
     for member, client in members.items():
         await hub.delete_if_present(

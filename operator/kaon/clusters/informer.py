@@ -22,6 +22,22 @@ async def _call(fn: Callable[..., Any], *args: Any) -> None:
         await result
 
 
+PAGE_SIZE = 500
+
+
+async def list_all(client: KubeClient, path: str, params: dict[str, str]) -> tuple[list[Obj], str]:
+    """List in pages (bounded responses), returning the items and the list's resourceVersion."""
+    items: list[Obj] = []
+    query = {**params, "limit": str(PAGE_SIZE)}
+    while True:
+        page = await client.get(path, **query)
+        items.extend(page.get("items", []))
+        token = page["metadata"].get("continue")
+        if not token:
+            return items, page["metadata"]["resourceVersion"]
+        query["continue"] = token
+
+
 async def run_informer(
     client: KubeClient,
     path: str,
@@ -35,12 +51,11 @@ async def run_informer(
     params = {"labelSelector": label_selector} if label_selector else {}
     while True:
         try:
-            listing = await client.get(path, **params)
-            await _call(on_reset, listing.get("items", []))
+            items, rv = await list_all(client, path, params)
+            await _call(on_reset, items)
             if on_health:
                 await _call(on_health, None)
             failures = 0
-            rv = listing["metadata"]["resourceVersion"]
             while True:
                 async for kind, obj in client.watch(path, rv, params):
                     rv = obj.get("metadata", {}).get("resourceVersion", rv)

@@ -34,6 +34,7 @@ KIND = "TrainingJob"
 ROLLBACK_RETRY_S = 5.0
 UNREACHABLE_RETRY_S = 2.0
 EXPECTATION_TTL_S = 30.0
+COUNTS_INTERVAL_S = 1.0  # at most one status write a second for worker counts alone
 
 
 def _now() -> str:
@@ -54,6 +55,29 @@ def _rv(body: Obj) -> int:
         return 0
 
 
+KEPT_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "finalizers",
+    "annotations",
+)
+
+
+def slim_job(body: Obj) -> Obj:
+    """What kaon reads of a TrainingJob (no managedFields): small at thousands of jobs."""
+    meta = body["metadata"]
+    return {
+        "metadata": {k: meta[k] for k in KEPT_METADATA if k in meta},
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
+    }
+
+
 def job_key(body: Obj) -> JobKey:
     return body["metadata"]["namespace"], body["metadata"]["name"]
 
@@ -69,6 +93,7 @@ class Controller:
         self._placement_wanted = asyncio.Event()
         self._not_before: dict[JobKey, float] = {}
         self._expected: dict[JobKey, dict[tuple[int, int], float]] = {}
+        self._counts_patched: dict[JobKey, float] = {}
         self._models: dict[JobKey, tuple[str, TrainingJobSpec | None, TrainingJobStatus]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -92,6 +117,7 @@ class Controller:
             self._not_before.pop(key, None)
             self._expected.pop(key, None)
             self._models.pop(key, None)
+            self._counts_patched.pop(key, None)
             self.want_placement()
             return
         self._remember(body)
@@ -101,7 +127,7 @@ class Controller:
         key = job_key(body)
         known = self.jobs.get(key)
         if known is None or _rv(body) >= _rv(known):
-            self.jobs[key] = body
+            self.jobs[key] = slim_job(body)
 
     def _job_pods_changed(self, key: JobKey) -> None:
         if key in self.jobs:
@@ -226,9 +252,12 @@ class Controller:
         elif isinstance(action, Observe):
             new = transitions.observed(status, action, gen, now)
             if new != status:
+                loop_now = asyncio.get_running_loop().time()
+                since = loop_now - self._counts_patched.get(key, 0.0)
+                if new.state == status.state and since < COUNTS_INTERVAL_S:
+                    return COUNTS_INTERVAL_S - since  # coalesce worker-count updates
                 await self._patch(body, new)
-                if new.state == "Running" and status.state != "Running":
-                    await self._event(body, "Normal", "Running", "all workers running")
+                self._counts_patched[key] = loop_now
         deadline = spec.run_policy.active_deadline_seconds
         if deadline is not None and view.seconds_since_admitted is not None:
             return max(deadline - view.seconds_since_admitted, 0) + 0.5
