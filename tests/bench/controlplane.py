@@ -217,6 +217,9 @@ def cpu_seconds() -> dict[str, float]:
             exe = "kaon-operator"
         elif not any(k in exe for k in ("kube-", "etcd", "kwok")):
             continue
+        else:  # .../clusters/<name>/bin/<exe>: charge it to its cluster
+            parts = Path(cmd[0].decode(errors="replace")).parts
+            exe = f"{parts[-3]}/{exe}" if len(parts) > 3 else exe
         out[exe] = out.get(exe, 0.0) + (int(stat[11]) + int(stat[12])) / tick
     return out
 
@@ -357,7 +360,7 @@ async def main(n: int, workers: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=int(os.environ.get("KAON_BENCH_JOBS", 500)))
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("KAON_BENCH_JOBS", "500")))
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
     asyncio.run(main(args.jobs, args.workers))

@@ -55,7 +55,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
-def trainingjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def trainingjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.controller.job_event(event["type"] or "ADDED", event["object"])
 
 
