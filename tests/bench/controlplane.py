@@ -95,7 +95,8 @@ class RunningPods:
         while True:
             async for kind, p in client.watch(rest.pods(NS), rv):
                 rv = p["metadata"].get("resourceVersion", rv)
-                self._apply(member, kind, p)
+                if kind != "BOOKMARK":
+                    self._apply(member, kind, p)
 
     def _apply(self, member: str, kind: str, pod: Obj) -> None:
         name = pod["metadata"]["name"]
@@ -246,9 +247,9 @@ class AdmissionClock:
         path = rest.custom(API_VERSION, "trainingjobs", NS)
         rv = (await self.hub.get(path))["metadata"]["resourceVersion"]
         while True:
-            async for _, job in self.hub.watch(path, rv):
+            async for kind, job in self.hub.watch(path, rv):
                 rv = job["metadata"].get("resourceVersion", rv)
-                if (job.get("status") or {}).get("placement"):
+                if kind != "BOOKMARK" and (job.get("status") or {}).get("placement"):
                     self.admitted.setdefault(job["metadata"]["name"], time.monotonic())
 
 
