@@ -13,11 +13,11 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv and install kaon with its dev tools
+setup: $(STAMP) ## create .venv and install kaon with its dev tools and the torch runtime
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,runtime]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 rig-build: setup ## build (or reuse from ~/.cache/kaon) the rig's Kubernetes, etcd, kwok, helm binaries
@@ -57,6 +57,7 @@ run: rig-up ## run the operator on the rig's hub (Ctrl-C stops it)
 	source <($(KAON) rig env) && kubectl apply -f crds/ && $(KAON) run
 
 bench: rig-build ## benchmarks with same-run baselines; figures into .bench/results.json
+	$(PY) tests/bench/kernels.py
 	$(PY) tests/bench/controlplane.py
 
 clean: ## remove the virtual environment and caches inside the repo
