@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
-from kubernetes.utils import parse_quantity
 from pydantic import ConfigDict, Field
 
 from kaon_kernels.config import Spec, cel
@@ -26,11 +24,6 @@ Quantity = Annotated[
 ]
 DNSLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]
 ShortString = Annotated[str, Field(max_length=253)]
-
-
-def quantity(value: int | str) -> Decimal:
-    """A resource quantity ("500m", "2Gi", 4) as a number of base units (cores, bytes, GPUs)."""
-    return cast(Decimal, parse_quantity(value))  # type: ignore[no-untyped-call]
 
 
 def now_rfc3339() -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kaon.api.common import now_rfc3339
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import JobPlacement, TrainingJobSpec, TrainingJobStatus
 from kaon.builders.names import ATTEMPT_LABEL, FINALIZER, RANK_LABEL
@@ -35,10 +36,6 @@ ROLLBACK_RETRY_S = 5.0
 UNREACHABLE_RETRY_S = 2.0
 EXPECTATION_TTL_S = 30.0
 COUNTS_INTERVAL_S = 1.0  # at most one status write a second for worker counts alone
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _age_s(timestamp: str | None) -> float | None:
@@ -160,7 +157,7 @@ class Controller:
             if status.state != "Failed":
                 message = "spec does not match the TrainingJob schema of this operator version"
                 await self._patch(
-                    body, transitions.failed(status, "InvalidSpec", message, gen, _now())
+                    body, transitions.failed(status, "InvalidSpec", message, gen, now_rfc3339())
                 )
             return None
         if status.state in transitions.TERMINAL:
@@ -169,12 +166,12 @@ class Controller:
             if status.placement is not None:
                 await self.workers.remove_all(key, status.placement.cluster)
             if status.state != "Suspended":
-                await self._patch(body, transitions.suspended(status, gen, _now()))
+                await self._patch(body, transitions.suspended(status, gen, now_rfc3339()))
                 await self._event(body, "Normal", "Suspended", "workers removed, pool freed")
                 self.want_placement()
             return None
         if status.state == "Suspended":
-            await self._patch(body, transitions.resumed(status, gen, _now()))
+            await self._patch(body, transitions.resumed(status, gen, now_rfc3339()))
             await self._event(body, "Normal", "Resumed", "waiting to be placed again")
         if status.placement is None:
             self.want_placement()
@@ -215,7 +212,7 @@ class Controller:
             active_deadline_seconds=spec.run_policy.active_deadline_seconds,
         )
         action = next_action(view, current)
-        now = _now()
+        now = now_rfc3339()
         if isinstance(action, Launch):
             error = await self.workers.launch(body, spec, placement, status.attempt, action.ranks)
             if error:
@@ -397,7 +394,7 @@ class Controller:
             for k, body, spec, _ in waiting
         ]
         outcomes = plan(demands, self.fleet.offers(self.reservations()))
-        now = _now()
+        now = now_rfc3339()
         sem = asyncio.Semaphore(32)
 
         async def apply(
