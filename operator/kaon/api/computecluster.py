@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import ConfigDict, Field
 
 from kaon.api.common import (
@@ -126,6 +124,3 @@ class ComputeClusterStatus(Spec):
     kubernetes_version: ShortString = Field(
         default="", description="The member's Kubernetes version."
     )
-
-
-ReadyReason = Literal["Reachable", "Unreachable", "BadCredentials", "SecretNotFound"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -374,11 +375,8 @@ class Controller:
                     if p["metadata"]["labels"].get(ATTEMPT_LABEL) == str(status.attempt)
                     and p["spec"].get("nodeName")
                 )
-            demand = gang_demand("", spec)
-            per_worker = demand.per_worker
-            per_worker = type(per_worker)(
-                per_worker.milli_cpu, per_worker.memory, placement.gpus_per_worker, 1
-            )
+            # What each worker holds where it was placed (no GPUs on a CPU fallback pool).
+            per_worker = replace(gang_demand("", spec).per_worker, gpus=placement.gpus_per_worker)
             if spec.workers - bound > 0:
                 held.append(
                     Reservation(placement.cluster, placement.pool, per_worker, spec.workers - bound)
