@@ -123,13 +123,6 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
 
 GROUP, VERSION = "kaon.dev", "v1alpha1"
 

@@ -91,10 +91,6 @@ class KubeClient:
     def from_file(cls, path: Path | str, **kw: Any) -> KubeClient:
         return cls(yaml.safe_load(Path(path).read_text()), **kw)
 
-    @classmethod
-    def from_text(cls, text: str, **kw: Any) -> KubeClient:
-        return cls(yaml.safe_load(text), **kw)
-
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -79,16 +79,6 @@ class ClusterInventory:
             self.pods[key] = use
             self.used[node] = self.used.get(node, Resources()) + use.request
 
-    def reset(self, nodes: list[Obj], pods: list[Obj]) -> None:
-        """Replace everything with a fresh listing (after a watch was re-established)."""
-        self.nodes.clear()
-        self.pods.clear()
-        self.used.clear()
-        for n in nodes:
-            self.apply_node("ADDED", n)
-        for p in pods:
-            self.apply_pod("ADDED", p)
-
     def free(self, node: str) -> Resources:
         return self.nodes[node].allocatable - self.used.get(node, Resources())
 

@@ -40,10 +40,6 @@ class WorkQueue(Generic[K]):
     def add_after(self, key: K, delay_s: float) -> None:
         asyncio.get_running_loop().call_later(max(delay_s, 0.0), self.add, key)
 
-    @property
-    def idle(self) -> bool:
-        return not (self._pending or self._active)
-
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()

@@ -26,7 +26,3 @@ def set_condition(
         observed_generation=generation,
     )
     return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]
-
-
-def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
-    return next((c for c in conditions if c.type == type_), None)

@@ -6,13 +6,11 @@ Objects are handled as plain JSON dicts: the rig only needs a few fields of them
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.utils import parse_quantity
 
 Obj = dict[str, Any]
 
@@ -52,7 +50,3 @@ def create_node(api: client.ApiClient, manifest: Obj) -> None:
 def node_is_ready(node: Obj) -> bool:
     conditions = node.get("status", {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def quantity(value: str) -> Decimal:
-    return cast(Decimal, parse_quantity(value))  # type: ignore[no-untyped-call]

@@ -25,6 +25,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kaon.clusters.resources import parse
 from kaon.rig import build, paths
 from kaon.rig.config import (
     GPU_RESOURCE,
@@ -42,7 +43,6 @@ from kaon.rig.kube import (
     is_reachable,
     list_nodes,
     node_is_ready,
-    quantity,
 )
 from kaon.rig.versions import VERSIONS
 
@@ -316,7 +316,7 @@ class PoolStatus:
     def of(cls, name: str, nodes: list[Obj]) -> PoolStatus:
         def total(resource: str) -> int:
             return int(
-                sum(quantity(n["status"].get("allocatable", {}).get(resource, "0")) for n in nodes)
+                sum(parse(n["status"].get("allocatable", {}).get(resource, "0")) for n in nodes)
             )
 
         return cls(
