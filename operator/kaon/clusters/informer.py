@@ -69,3 +69,8 @@ async def run_informer(
                 await _call(on_health, exc)
             log.debug("informer %s%s: %s", client.server, path, exc)
             await sleep_backoff(failures)
+        except Exception:
+            # A bug in a handler or a malformed event must not end the view for good: relist.
+            failures += 1
+            log.exception("informer %s%s failed; relisting", client.server, path)
+            await sleep_backoff(failures)

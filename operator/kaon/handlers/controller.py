@@ -23,6 +23,7 @@ from kaon.clusters.client import KubeClient, Obj
 from kaon.clusters.member import JobKey
 from kaon.handlers import hubio
 from kaon.handlers.fleet import Fleet, Reservation
+from kaon.handlers.jobcache import JobCache, job_key
 from kaon.handlers.workers import WorkerOps
 from kaon.handlers.workqueue import WorkQueue
 from kaon.lifecycle import Fail, JobView, Launch, Observe, Restart, Succeed, next_action
@@ -46,45 +47,11 @@ def _age_s(timestamp: str | None) -> float | None:
     return (datetime.now(UTC) - then).total_seconds()
 
 
-def _rv(body: Obj) -> int:
-    try:
-        return int(body["metadata"].get("resourceVersion", 0))
-    except ValueError:
-        return 0
-
-
-KEPT_METADATA = (
-    "name",
-    "namespace",
-    "uid",
-    "generation",
-    "resourceVersion",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "finalizers",
-    "annotations",
-)
-
-
-def slim_job(body: Obj) -> Obj:
-    """What kaon reads of a TrainingJob (no managedFields): small at thousands of jobs."""
-    meta = body["metadata"]
-    return {
-        "metadata": {k: meta[k] for k in KEPT_METADATA if k in meta},
-        "spec": body.get("spec") or {},
-        "status": body.get("status") or {},
-    }
-
-
-def job_key(body: Obj) -> JobKey:
-    return body["metadata"]["namespace"], body["metadata"]["name"]
-
-
 class Controller:
     def __init__(self, hub: KubeClient, hub_kubeconfig: Mapping[str, Any], settings: Settings):
         self.hub = hub
         self.settings = settings
-        self.jobs: dict[JobKey, Obj] = {}
+        self.jobs = JobCache()
         self.fleet = Fleet(hub, hub_kubeconfig, settings, self._job_pods_changed, self._capacity)
         self.queue: WorkQueue[JobKey] = WorkQueue(self.reconcile, workers=32)
         self.workers = WorkerOps(self.fleet, settings)
@@ -111,21 +78,16 @@ class Controller:
     def job_event(self, kind: str, body: Obj) -> None:
         key = job_key(body)
         if kind == "DELETED":
-            self.jobs.pop(key, None)
-            self._not_before.pop(key, None)
-            self._expected.pop(key, None)
-            self._models.pop(key, None)
-            self._counts_patched.pop(key, None)
+            self.jobs.deleted(key)
+            self._forget(key)
             self.want_placement()
             return
-        self._remember(body)
+        self.jobs.observed(body)
         self.queue.add(key)
 
-    def _remember(self, body: Obj) -> None:
-        key = job_key(body)
-        known = self.jobs.get(key)
-        if known is None or _rv(body) >= _rv(known):
-            self.jobs[key] = slim_job(body)
+    def _forget(self, key: JobKey) -> None:
+        for memo in (self._not_before, self._expected, self._models, self._counts_patched):
+            memo.pop(key, None)
 
     def _job_pods_changed(self, key: JobKey) -> None:
         if key in self.jobs:
@@ -142,6 +104,7 @@ class Controller:
     async def reconcile(self, key: JobKey) -> float | None:
         body = self.jobs.get(key)
         if body is None:
+            self._forget(key)  # an in-flight pass may have remembered things after the delete
             return None
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
@@ -362,6 +325,8 @@ class Controller:
             raw = body.get("status") or {}
             if not raw.get("placement") or raw.get("state") in transitions.TERMINAL:
                 continue
+            if body["metadata"].get("deletionTimestamp"):
+                continue  # its workers are being removed; bound ones still count on their nodes
             spec, status = self._parsed(body)
             placement = status.placement
             if spec is None or placement is None:
@@ -449,8 +414,7 @@ class Controller:
         return await self._save_meta(updated)
 
     async def _save_meta(self, updated: Obj) -> Obj:
-        self._remember(updated)
-        return self.jobs.get(job_key(updated), updated)
+        return self.jobs.written(updated) or updated
 
     async def _event(self, body: Obj, type_: str, reason: str, message: str) -> None:
         await hubio.post_event(self.hub, KIND, body, type_, reason, message)
