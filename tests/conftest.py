@@ -16,7 +16,15 @@ from kubernetes.client.exceptions import ApiException
 from kaon.rig import rig
 from kaon.rig.config import load_config
 
-from kaonrig import GROUP, VERSION, Jobs, OperatorProcess, Rig, wait_for
+from kaonrig import (
+    REPO,
+    Jobs,
+    OperatorProcess,
+    Rig,
+    register_cluster,
+    wait_for,
+    wait_members_ready,
+)
 
 MARKERS_BY_DIR = {"integration": "integration", "e2e": "e2e", "bench": "bench"}
 
@@ -76,9 +84,6 @@ def _wait_pods_gone(core: client.CoreV1Api, ns: str) -> None:
         )
 
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 def _create_or_replace_crd(ext: client.ApiextensionsV1Api, body: dict[str, Any]) -> None:
     try:
         ext.create_custom_resource_definition(body)
@@ -111,33 +116,17 @@ def kaon_crds(kaon_rig: Rig) -> None:
 def kaon_operator(
     kaon_rig: Rig, kaon_crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """`kaon run` against the hub, with the rig's members registered from examples/clusters."""
-    objects = client.CustomObjectsApi(kaon_rig.api("hub"))
-    for path in sorted((REPO / "examples" / "clusters").glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
-        try:
-            objects.create_cluster_custom_object(GROUP, VERSION, "computeclusters", body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+    """`kaon run` against the hub, with the rig's kwok members east and west registered.
+
+    The process-agent pool (examples/clusters/local.yaml) is registered by the e2e tests only.
+    """
+    for name in ("east", "west"):
+        register_cluster(kaon_rig, REPO / "examples" / "clusters" / f"{name}.yaml")
     op = OperatorProcess(kaon_rig.kubeconfig("hub"), tmp_path_factory.mktemp("operator") / "log")
     op.start()
     wait_members_ready(kaon_rig)
     yield op
     op.stop()
-
-
-def wait_members_ready(kaon_rig: Rig, names: tuple[str, ...] = ("east", "west")) -> None:
-    objects = client.CustomObjectsApi(kaon_rig.api("hub"))
-    for name in names:
-        wait_for(
-            lambda n=name: objects.get_cluster_custom_object(GROUP, VERSION, "computeclusters", n),
-            lambda cc: any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in (cc.get("status") or {}).get("conditions") or []
-            ),
-            f"ComputeCluster {name} Ready",
-        )
 
 
 @pytest.fixture

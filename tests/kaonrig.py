@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -198,3 +199,42 @@ def condition(job: dict[str, Any], type_: str) -> dict[str, Any]:
 def worker_pods(core: client.CoreV1Api, ns: str, job: str) -> list[client.V1Pod]:
     selector = f"app.kubernetes.io/managed-by=kaon,kaon.dev/job-name={job}"
     return list(core.list_namespaced_pod(ns, label_selector=selector).items)
+
+
+def kubectl(kaon_rig: Rig, *args: str, cluster: str = "hub") -> str:
+    """The rig's own kubectl, as a user runs it; its stdout."""
+    return subprocess.run(
+        [str(paths.kubectl_binary()), "--kubeconfig", str(kaon_rig.kubeconfig(cluster)), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def register_cluster(kaon_rig: Rig, path: Path) -> str:
+    """Create the ComputeCluster of a manifest (kept if it exists); its name."""
+    body = yaml.safe_load(path.read_text())
+    try:
+        client.CustomObjectsApi(kaon_rig.api("hub")).create_cluster_custom_object(
+            GROUP, VERSION, "computeclusters", body
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    return str(body["metadata"]["name"])
+
+
+def wait_members_ready(kaon_rig: Rig, names: tuple[str, ...] = ("east", "west")) -> None:
+    objects = client.CustomObjectsApi(kaon_rig.api("hub"))
+    for name in names:
+        wait_for(
+            lambda n=name: objects.get_cluster_custom_object(GROUP, VERSION, "computeclusters", n),
+            lambda cc: any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in (cc.get("status") or {}).get("conditions") or []
+            ),
+            f"ComputeCluster {name} Ready",
+        )

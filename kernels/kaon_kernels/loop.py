@@ -35,7 +35,8 @@ from kaon_kernels.distributed import World
 from kaon_kernels.jobspec import Job
 from kaon_kernels.metrics import classification_metrics, confusion_matrix
 from kaon_kernels.models import build_model
-from kaon_kernels.progress import ProgressReporter
+from kaon_kernels.podreport import PodAnnotator
+from kaon_kernels.progress import ProgressReporter, ProgressSink
 
 CHECKPOINT_FORMAT = "kaon-checkpoint/v1"
 EVAL_BATCH = 1024
@@ -159,7 +160,7 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
 
-    def fit(self, stop: StopFlag) -> bool:
+    def fit(self, stop: StopFlag, sink: ProgressSink | None = None) -> bool:
         """Train up to the last step; False when stopped early by `stop`."""
         cfg = self.job.spec.training
         net: nn.Module = self.model
@@ -169,7 +170,9 @@ class Trainer:
         x = self.data.train_x.to(self.device)
         y = self.data.train_y.to(self.device)
         reporter = (
-            ProgressReporter(self.job.output_dir / "progress.json", self.total_steps, self.step)
+            ProgressReporter(
+                self.job.output_dir / "progress.json", self.total_steps, self.step, sink=sink
+            )
             if self.world.is_main
             else None
         )
@@ -303,7 +306,13 @@ def _train(job: Job, env: Mapping[str, str], stop: StopFlag) -> int:
     try:
         trainer.resume()
         log(world, f"{world.size} worker(s) on {device}, {trainer.total_steps} steps")
-        if not trainer.fit(stop):
+        annotator = PodAnnotator.from_env(env) if world.is_main else None
+        try:
+            completed = trainer.fit(stop, annotator.offer if annotator else None)
+        finally:
+            if annotator is not None:
+                annotator.close()
+        if not completed:
             trainer.save_checkpoint()
             log(world, f"SIGTERM: stopped at step {trainer.step}", all_ranks=True)
             return EXIT_TERMINATED

@@ -1,5 +1,7 @@
 """Progress reports of rank 0: a `KAON_PROGRESS {json}` line on stdout and `progress.json`.
 
+In a pod, a sink also forwards each record to the pod's annotation (see `podreport`).
+
 Reporting is cheap: the caller accumulates the loss on the device without synchronising, and
 only a reporting step reads it back. A step reports when it is a multiple of `every` and at least
 `min_seconds` have passed since the last report (and the last step always reports), so a fast
@@ -12,10 +14,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 PREFIX = "KAON_PROGRESS "
+ProgressSink = Callable[[dict[str, Any]], None]
 
 
 def report_interval(total_steps: int) -> int:
@@ -41,6 +45,7 @@ class ProgressReporter:
         every: int | None = None,
         stream: TextIO | None = None,
         min_seconds: float = 1.0,
+        sink: ProgressSink | None = None,
     ) -> None:
         self.path = path
         self.total_steps = total_steps
@@ -48,6 +53,7 @@ class ProgressReporter:
         self.every = every or report_interval(total_steps)
         self.stream = stream or sys.stdout
         self.min_seconds = min_seconds
+        self.sink = sink
         self.started = time.monotonic()
         self.last = float("-inf")
 
@@ -72,7 +78,10 @@ class ProgressReporter:
             "percent": min(100, (100 * step) // self.total_steps) if self.total_steps else 100,
             "loss": None if loss is None else round(loss, 6),
             "etaSeconds": eta,
+            "resumedFromStep": self.start_step,
         }
         print(PREFIX + json.dumps(record), file=self.stream, flush=True)
         write_json_atomic(self.path, record)
+        if self.sink is not None:
+            self.sink(record)
         return record

@@ -15,7 +15,7 @@ import kopf
 
 from kaon.api import render
 from kaon.handlers import operator as _handlers  # noqa: F401  (registers kopf handlers)
-from kaon.rig import build, paths, rig
+from kaon.rig import agent, build, paths, rig
 from kaon.rig.config import RigConfig, load_config
 
 
@@ -29,8 +29,29 @@ def _rig_build(args: argparse.Namespace) -> int:
 
 
 def _rig_up(args: argparse.Namespace) -> int:
-    rig.up(_rig_config(args))
+    rig.up(_rig_config(args), Path(args.config) if args.config else None)
     return _rig_status(args)
+
+
+def _rig_agent(args: argparse.Namespace) -> int:
+    cluster = _rig_config(args).cluster(args.cluster)
+    pool = next(
+        (
+            p
+            for p in cluster.pools
+            if p.agent and args.node in {p.node_name(cluster.name, i) for i in range(p.nodes)}
+        ),
+        None,
+    )
+    if pool is None:
+        print(
+            f"kaon: no agent pool of cluster {cluster.name} has a node {args.node}", file=sys.stderr
+        )
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    work = paths.agent_dir(args.node)
+    asyncio.run(agent.serve(paths.kubeconfig_path(cluster.name), args.node, pool, work))
+    return 0
 
 
 def _rig_down(args: argparse.Namespace) -> int:
@@ -145,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     rig_sub.add_parser("env", help="shell exports to use the rig by hand").set_defaults(
         func=_rig_env
     )
+    ag = rig_sub.add_parser(
+        "agent", help="serve an agent pool's node: run its pods as local processes (dev tool)"
+    )
+    ag.add_argument("--cluster", required=True)
+    ag.add_argument("--node", required=True)
+    ag.set_defaults(func=_rig_agent)
     return parser
 
 

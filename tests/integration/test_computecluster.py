@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from kaon.rig import paths
-
-from kaonrig import GROUP, VERSION, Jobs, Rig, wait_for
+from kaonrig import GROUP, VERSION, Jobs, Rig, kubectl, wait_for
 
 pytestmark = pytest.mark.usefixtures("kaon_operator")
 
@@ -79,15 +76,6 @@ def test_a_member_whose_secret_is_missing_says_so(kaon_rig: Rig) -> None:
         assert "kaon-system/no-such-secret" in ready(cc)["message"]
     finally:
         api.delete_cluster_custom_object(GROUP, VERSION, "computeclusters", "nowhere")
-
-
-def kubectl(kaon_rig: Rig, *args: str) -> str:
-    return subprocess.run(
-        [str(paths.kubectl_binary()), "--kubeconfig", str(kaon_rig.kubeconfig("hub")), *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 def test_kubectl_get_tj_shows_state_cluster_pool_and_workers(

@@ -100,7 +100,8 @@ def test_short_run_trains_and_writes_artifact_metrics_and_progress(
     lines = progress_lines(stdout)
     assert lines and lines[-1]["step"] == 92 and lines[-1]["percent"] == 100
     assert lines[-1]["loss"] < lines[0]["loss"]
-    assert {"epoch", "step", "totalSteps", "percent", "loss", "etaSeconds"} == set(lines[0])
+    keys = {"epoch", "step", "totalSteps", "percent", "loss", "etaSeconds", "resumedFromStep"}
+    assert keys == set(lines[0]) and lines[0]["resumedFromStep"] == 0
     assert json.loads((out / "progress.json").read_text()) == lines[-1]
 
 
@@ -115,8 +116,10 @@ def test_resume_continues_the_step_counter_and_matches_an_uninterrupted_run(
     ]
     code, stdout = run_main(write_manifest(tmp_path / "b.yaml", tiny_spec(2, 5)), out, capsys)
     assert code == 0
-    steps = [line["step"] for line in progress_lines(stdout)]
+    lines = progress_lines(stdout)
+    steps = [line["step"] for line in lines]
     assert steps[0] > 23 and steps[-1] == 46
+    assert {line["resumedFromStep"] for line in lines} == {23}
 
     # Same spec in one go: resuming is exact (seeded data order and per-step dropout seeds).
     whole = tmp_path / "whole"

@@ -196,6 +196,9 @@ class Progress(Spec):
     percent: int = Field(default=0, ge=0, le=100, description="Share of the steps done.")
     loss: float | None = Field(default=None, description="Latest training loss.")
     eta_seconds: int | None = Field(default=None, description="Estimated seconds left.")
+    resumed_from_step: int = Field(
+        default=0, description="Step this attempt resumed from its checkpoint (0: from scratch)."
+    )
 
 
 class TrainingJobStatus(Spec):

@@ -19,11 +19,14 @@ from kaon.builders.names import (
     worker_hostname,
     worker_pod_name,
 )
+from kaon.clusters.member import PROGRESS_ANNOTATION
 
 Obj = dict[str, Any]
+WORKER_IDENTITY = "kaon-worker"  # ServiceAccount, Role and RoleBinding in each namespace
+SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TERMINATION_LOG = "/dev/termination-log"
 CHECKPOINT_DIR = "/var/lib/kaon/checkpoints"
 OUTPUT_DIR = "/var/lib/kaon/output"
-PROGRESS_ANNOTATION = "kaon.dev/progress"
 SIM_PREFIX = "kaon.dev/sim-"
 SIM_FAIL = "kaon.dev/sim-fail"  # "attempt:rank:code,...": that worker exits with code (rig only)
 
@@ -80,6 +83,8 @@ def _env(job: JobRef, spec: TrainingJobSpec, attempt: int, rank: int, s: Setting
         "KAON_CHECKPOINT_DIR": CHECKPOINT_DIR,
         "KAON_OUTPUT_DIR": OUTPUT_DIR,
         "KAON_PROGRESS_ANNOTATION": PROGRESS_ANNOTATION,
+        "KAON_SERVICEACCOUNT_DIR": SERVICEACCOUNT_DIR,
+        "KAON_TERMINATION_LOG": TERMINATION_LOG,
     }
     env: list[Obj] = [{"name": k, "value": v} for k, v in plain.items()]
     env += [
@@ -142,7 +147,9 @@ def worker_pod(
             "subdomain": service_name(job.name),
             "nodeSelector": dict(pool.node_selector),
             "tolerations": [t.to_k8s() for t in pool.tolerations],
-            "automountServiceAccountToken": False,
+            # The token lets rank 0 write its progress annotation (the Role allows no more).
+            "serviceAccountName": WORKER_IDENTITY,
+            "automountServiceAccountToken": True,
             "enableServiceLinks": False,
             "securityContext": {
                 "runAsNonRoot": True,
@@ -161,6 +168,7 @@ def worker_pod(
                     "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
                     "resources": _resources(spec, gpus_per_worker),
                     "securityContext": RESTRICTED,
+                    "terminationMessagePath": TERMINATION_LOG,
                     "terminationMessagePolicy": "FallbackToLogsOnError",
                     "volumeMounts": [
                         {"name": "kaon-state", "mountPath": "/var/lib/kaon"},
@@ -190,3 +198,43 @@ def rendezvous_service(job: JobRef, settings: Settings) -> Obj:
             "ports": [{"name": "rendezvous", "port": settings.master_port}],
         },
     }
+
+
+def worker_identity(namespace: str) -> list[tuple[str, str, Obj]]:
+    """(apiVersion, plural, object): the workers' ServiceAccount and its least privilege.
+
+    Rank 0 patches its own pod's progress annotation; get and patch on pods is all it may do.
+    """
+    labels = {MANAGED_BY: "kaon"}
+    meta = {"name": WORKER_IDENTITY, "namespace": namespace, "labels": labels}
+    rbac = "rbac.authorization.k8s.io/v1"
+    return [
+        ("v1", "serviceaccounts", {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}),
+        (
+            rbac,
+            "roles",
+            {
+                "apiVersion": rbac,
+                "kind": "Role",
+                "metadata": meta,
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
+            },
+        ),
+        (
+            rbac,
+            "rolebindings",
+            {
+                "apiVersion": rbac,
+                "kind": "RoleBinding",
+                "metadata": meta,
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": WORKER_IDENTITY,
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": WORKER_IDENTITY, "namespace": namespace}
+                ],
+            },
+        ),
+    ]

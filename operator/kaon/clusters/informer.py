@@ -45,10 +45,13 @@ async def run_informer(
     on_event: OnEvent,
     on_health: OnHealth | None = None,
     label_selector: str = "",
+    field_selector: str = "",
 ) -> None:
     """Forever: list (reset the view), then apply watch events; relist after 410 or errors."""
     failures = 0
     params = {"labelSelector": label_selector} if label_selector else {}
+    if field_selector:
+        params["fieldSelector"] = field_selector
     while True:
         try:
             items, rv = await list_all(client, path, params)

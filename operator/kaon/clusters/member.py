@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 JOB_LABEL = "kaon.dev/job-name"
+PROGRESS_ANNOTATION = "kaon.dev/progress"  # written by the runtime (rank 0) on its own pod
+MAX_PROGRESS_BYTES = 1024
 
 JobKey = tuple[str, str]  # (namespace, job name)
 
@@ -23,10 +25,14 @@ JobKey = tuple[str, str]  # (namespace, job name)
 def slim_pod(pod: Obj) -> Obj:
     """Only the fields of a worker pod kaon reads: small at thousands of pods."""
     meta, status = pod["metadata"], pod.get("status") or {}
+    slim_meta = {
+        k: meta[k] for k in ("name", "namespace", "labels", "deletionTimestamp") if k in meta
+    }
+    progress = (meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
+    if progress:
+        slim_meta["annotations"] = {PROGRESS_ANNOTATION: progress[:MAX_PROGRESS_BYTES]}
     return {
-        "metadata": {
-            k: meta[k] for k in ("name", "namespace", "labels", "deletionTimestamp") if k in meta
-        },
+        "metadata": slim_meta,
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase", "Pending"),

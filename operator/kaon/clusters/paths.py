@@ -15,6 +15,12 @@ def services(namespace: str) -> str:
     return f"/api/v1/namespaces/{namespace}/services"
 
 
+def collection(api_version: str, plural: str, namespace: str) -> str:
+    """Any namespaced collection: `v1` for the core group, `group/version` otherwise."""
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{base}/namespaces/{namespace}/{plural}"
+
+
 def namespaces() -> str:
     return "/api/v1/namespaces"
 

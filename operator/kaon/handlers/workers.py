@@ -8,7 +8,7 @@ import logging
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import JobPlacement, TrainingJobSpec
 from kaon.builders.names import ATTEMPT_LABEL, job_selector, service_name
-from kaon.builders.worker import JobRef, rendezvous_service, worker_pod
+from kaon.builders.worker import JobRef, rendezvous_service, worker_identity, worker_pod
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
 from kaon.clusters.member import JobKey, Member
@@ -29,6 +29,8 @@ class WorkerOps:
             return
         body = {"metadata": {"name": ns, "labels": {"app.kubernetes.io/managed-by": "kaon"}}}
         await member.client.create_or_get(paths.namespaces(), body)
+        for api_version, plural, obj in worker_identity(ns):
+            await member.client.create_or_get(paths.collection(api_version, plural, ns), obj)
         known.add(ns)
 
     async def launch(
@@ -65,6 +67,8 @@ class WorkerOps:
         )
         for pod, result in zip(pods, results, strict=True):
             if isinstance(result, ApiError) and not result.conflict:
+                # The namespace or its worker identity may have been deleted behind our back.
+                self._namespaces.get(member.name, set()).discard(job.namespace)
                 return f"cluster {member.name}: pod {pod['metadata']['name']}: {result.message}"
             if isinstance(result, BaseException) and not isinstance(result, ApiError):
                 raise result

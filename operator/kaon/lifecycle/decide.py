@@ -34,6 +34,7 @@ class Restart:
 @dataclass(frozen=True)
 class Succeed:
     message: str  # rank 0's termination message: the runtime's final report
+    progress: str = ""  # rank 0's last progress annotation
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Observe:
     succeeded: int
     failed: int
     all_running: bool
+    progress: str = ""  # rank 0's progress annotation
 
 
 Action = Launch | Restart | Succeed | Fail | Observe
@@ -85,10 +87,11 @@ def next_action(view: JobView, workers: Mapping[int, WorkerState]) -> Action:
         return Restart(True, "WorkerFailed", _describe(first))
     states = [workers[r] for r in range(view.workers)]
     if all(w.succeeded for w in states):
-        return Succeed(states[0].message)
+        return Succeed(states[0].message, states[0].progress)
     return Observe(
         ready=sum(w.ready and w.phase == "Running" for w in states),
         succeeded=sum(w.succeeded for w in states),
         failed=0,
         all_running=all(w.phase in ("Running", "Succeeded") for w in states),
+        progress=states[0].progress,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pydantic import ValidationError
+
 from kaon.api.trainingjob import JobPlacement, Progress, TrainingJobStatus, WorkerCounts
 from kaon.lifecycle.conditions import set_condition
 from kaon.lifecycle.decide import Observe, Restart, Succeed
@@ -56,10 +58,28 @@ def launched(s: TrainingJobStatus, gen: int) -> TrainingJobStatus:
     return _with(s, gen, launched=True)
 
 
+def parse_progress(raw: str) -> Progress | None:
+    """The runtime's progress annotation as a Progress, or None if it is not one."""
+    try:
+        record = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    known = {f.alias or name for name, f in Progress.model_fields.items()}
+    try:  # fields a newer runtime adds are left out, not a reason to drop the rest
+        return Progress.model_validate({k: v for k, v in record.items() if k in known})
+    except ValidationError:
+        return None
+
+
 def observed(s: TrainingJobStatus, obs: Observe, gen: int, now: str) -> TrainingJobStatus:
     counts = s.workers.model_copy(
         update={"ready": obs.ready, "succeeded": obs.succeeded, "failed": obs.failed}
     )
+    progress = parse_progress(obs.progress)
+    if progress is not None:
+        s = s.model_copy(update={"progress": progress})
     if obs.all_running:
         message = f"{counts.total} of {counts.total} workers running"
         s = _cond(s, "Running", True, "WorkersRunning", message, gen, now)
@@ -102,7 +122,8 @@ def succeeded(s: TrainingJobStatus, done: Succeed, gen: int, now: str) -> Traini
     metrics, artifact = parse_result(done.message)
     s = _cond(s, "Running", False, "Completed", "all workers exited 0", gen, now)
     s = _cond(s, "Succeeded", True, "Completed", "training finished", gen, now)
-    progress = (s.progress or Progress()).model_copy(update={"percent": 100, "eta_seconds": 0})
+    last = parse_progress(done.progress) or s.progress or Progress()
+    progress = last.model_copy(update={"percent": 100, "eta_seconds": 0})
     counts = s.workers.model_copy(update={"ready": 0, "succeeded": s.workers.total})
     return _with(
         s,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kaon.clusters.member import PROGRESS_ANNOTATION
+
 # Pod status reasons set by kubelet, the node lifecycle controller or the scheduler when the
 # infrastructure, not the program, ended the pod.
 INFRA_POD_REASONS = frozenset(
@@ -34,6 +36,7 @@ class WorkerState:
     message: str = ""
     infra: bool = False  # a failure not charged to the backoff budget
     deleting: bool = False
+    progress: str = ""  # the runtime's progress annotation (JSON), as written
 
     @property
     def failed(self) -> bool:
@@ -84,4 +87,5 @@ def observe_pod(pod: dict[str, Any], rank: int) -> WorkerState:
         message=str(message).strip(),
         infra=infra,
         deleting=deleting,
+        progress=(pod.get("metadata", {}).get("annotations") or {}).get(PROGRESS_ANNOTATION, ""),
     )

@@ -28,6 +28,7 @@ class RigPool(BaseModel):
     gpus: int = Field(default=0, ge=0)
     accelerator: str | None = None
     gpu_product: str | None = Field(default=None, alias="gpuProduct")
+    agent: bool = False  # nodes served by the rig's process agent (real processes), not kwok
 
     def node_name(self, cluster: str, index: int) -> str:
         return f"{cluster}-{self.name}-{index}"
@@ -99,4 +100,10 @@ def node_manifest(cluster: str, pool: RigPool, index: int) -> dict[str, Any]:
 
 
 def node_manifests(cluster: RigCluster) -> list[dict[str, Any]]:
-    return [node_manifest(cluster.name, p, i) for p in cluster.pools for i in range(p.nodes)]
+    """The kwok nodes; an agent pool's nodes are registered by their agent."""
+    return [
+        node_manifest(cluster.name, p, i)
+        for p in cluster.pools
+        if not p.agent
+        for i in range(p.nodes)
+    ]

@@ -43,3 +43,8 @@ def kwokctl_binary(v: RigVersions = VERSIONS) -> Path:
 
 def kubeconfig_path(cluster: str) -> Path:
     return rig_dir() / "clusters" / cluster / "kubeconfig.yaml"
+
+
+def agent_dir(node: str) -> Path:
+    """The process agent of a node: its log, pid file and the working directories of its pods."""
+    return rig_dir() / "agents" / node

@@ -26,7 +26,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kaon.clusters.resources import parse
-from kaon.rig import build, paths
+from kaon.rig import agents, build, paths
 from kaon.rig.config import (
     GPU_RESOURCE,
     POOL_LABEL,
@@ -249,7 +249,7 @@ def _register_member_secrets(config: RigConfig, hub: str = "hub") -> None:
                 )
 
 
-def up(config: RigConfig) -> dict[str, str]:
+def up(config: RigConfig, config_path: Path | None = None) -> dict[str, str]:
     """Build missing binaries, then make every cluster of the rig run with its node pools."""
     build.build_all()
     paths.rig_dir().mkdir(parents=True, exist_ok=True)
@@ -260,9 +260,25 @@ def up(config: RigConfig) -> dict[str, str]:
     with ThreadPoolExecutor(max_workers=len(config.clusters)) as pool:
         list(pool.map(sync_nodes, config.clusters))
     _register_member_secrets(config)
+    for node in agents.start(config, config_path):
+        _log(f"process agent for node {node} started, log {paths.agent_dir(node) / 'agent.log'}")
+    _wait_agent_nodes(config)
     for name, action in actions.items():
         _log(f"{name}: {action}, kubeconfig {paths.kubeconfig_path(name)}")
     return actions
+
+
+def _wait_agent_nodes(config: RigConfig) -> None:
+    for cluster, node in agents.agent_nodes(config):
+        with api_client(paths.kubeconfig_path(cluster)) as api:
+            deadline = time.monotonic() + NODE_READY_TIMEOUT_S
+            while not any(
+                n["metadata"]["name"] == node and node_is_ready(n) for n in list_nodes(api)
+            ):
+                if time.monotonic() > deadline:
+                    log = paths.agent_dir(node) / agents.LOG_FILE
+                    raise RigError(f"agent node {node} not Ready; see {log}")
+                time.sleep(0.5)
 
 
 def stop_cluster(name: str) -> None:
@@ -292,6 +308,7 @@ def _leftover_processes() -> list[int]:
 
 def down() -> list[str]:
     """Delete every cluster in the rig's work directory, stop strays, remove the directory."""
+    agents.stop_all()
     names = existing_clusters()
     for name in names:
         _kwokctl("delete", "cluster", "--name", name, check=False)

@@ -1,0 +1,181 @@
+"""TrainingJobs that really train: applied with kubectl, run by the rig's process agent.
+
+The agent serves node west-local-0 (pool `local`): every worker pod placed there is a real
+`python -m kaon_kernels.train` process of this machine, DDP over gloo for several workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kaon.rig import agents, paths
+
+from kaonrig import (
+    GROUP,
+    REPO,
+    VERSION,
+    Jobs,
+    Rig,
+    kubectl,
+    register_cluster,
+    state,
+    wait_for,
+    wait_members_ready,
+)
+
+EXAMPLES = REPO / "examples"
+AGENT_NODE = "west-local-0"
+TRAIN_TIMEOUT_S = 420.0
+
+
+@pytest.fixture(scope="module")
+def local_pool(kaon_rig: Rig, kaon_operator: Any) -> Iterator[str]:
+    """The process-agent pool registered as a user registers it (kubectl apply)."""
+    assert (("west", AGENT_NODE)) in agents.agent_nodes(kaon_rig.config)
+    kubectl(kaon_rig, "apply", "-f", str(EXAMPLES / "clusters" / "local.yaml"))
+    name = register_cluster(kaon_rig, EXAMPLES / "clusters" / "local.yaml")
+    wait_members_ready(kaon_rig, (name,))
+    yield name
+    kubectl(kaon_rig, "delete", "computecluster", name, "--wait=true")
+
+
+def pod_dir(ns: str, pod: str) -> Path:
+    (found,) = (paths.agent_dir(AGENT_NODE) / "pods").glob(f"{ns}_{pod}_*")
+    return found
+
+
+def runtime_log(ns: str, pod: str) -> str:
+    return (pod_dir(ns, pod) / "runtime.log").read_text()
+
+
+def progress_column(kaon_rig: Rig, ns: str, name: str) -> str:
+    """PROGRESS as `kubectl get tj` prints it (empty until the runtime reports)."""
+    header, row = kubectl(kaon_rig, "get", "tj", name, "-n", ns).splitlines()
+    start = header.index("PROGRESS")
+    end = header.index("AGE")
+    return row[start:end].strip()
+
+
+def test_cnn_and_lstm_train_for_real_with_progress_in_kubectl(
+    kaon_rig: Rig, jobs: Jobs, namespace: str, local_pool: str
+) -> None:
+    for example in ("cnn-digits", "lstm-digits"):
+        kubectl(
+            kaon_rig,
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            str(EXAMPLES / "trainingjobs" / f"{example}.yaml"),
+        )
+    seen: dict[str, set[str]] = {"cnn-digits": set(), "lstm-digits": set()}
+
+    def both_done() -> bool:
+        for name, values in seen.items():
+            values.add(progress_column(kaon_rig, namespace, name))
+        return all(state(jobs.get(namespace, n)) in ("Succeeded", "Failed") for n in seen)
+
+    wait_for(both_done, bool, "both jobs finished", TRAIN_TIMEOUT_S, interval_s=1.0)
+
+    cnn, lstm = jobs.get(namespace, "cnn-digits"), jobs.get(namespace, "lstm-digits")
+    assert state(cnn) == "Succeeded" and state(lstm) == "Succeeded"
+    assert cnn["status"]["placement"]["cluster"] == local_pool
+    assert cnn["status"]["metrics"]["accuracy"] >= 0.95
+    assert lstm["status"]["metrics"]["accuracy"] >= 0.90
+    for job in (cnn, lstm):
+        progress = job["status"]["progress"]
+        assert progress["percent"] == 100 and progress["step"] == progress["totalSteps"] > 0
+        assert set(job["status"]["metrics"]) >= {"accuracy", "precision", "recall", "f1"}
+        assert (Path(job["status"]["artifact"]) / "model.pt").is_file()
+    # Progress moved while the jobs ran: kubectl showed it between 0 and 100.
+    moving = {v for values in seen.values() for v in values if v.isdigit() and 0 < int(v) < 100}
+    assert moving, seen
+
+    # DDP across two processes: both ranks ended with the same parameters.
+    digests = [
+        line.rsplit(" ", 1)[-1]
+        for rank in (0, 1)
+        for line in runtime_log(namespace, f"cnn-digits-a0-w{rank}").splitlines()
+        if "final parameters sha256" in line
+    ]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert "2 worker(s) on cpu" in runtime_log(namespace, "cnn-digits-a0-w0")
+
+
+def claim_on_host(kaon_rig: Rig, namespace: str, host_dir: Path) -> str:
+    """A PersistentVolume on a directory of this machine, bound to a claim in west."""
+    pv_name, claim = f"ckpt-{namespace}"[:63], "checkpoints"
+    core = kaon_rig.core("west")
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(host_dir)},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    wait_for(
+        lambda: core.read_namespaced_persistent_volume_claim(claim, namespace),
+        lambda c: c.status.phase == "Bound",
+        "the checkpoint claim bound",
+    )
+    return claim
+
+
+def test_killed_worker_restarts_the_gang_which_resumes_from_its_checkpoint(
+    kaon_rig: Rig, jobs: Jobs, namespace: str, local_pool: str, tmp_path: Path
+) -> None:
+    claim = claim_on_host(kaon_rig, namespace, tmp_path)
+    manifest = yaml.safe_load((EXAMPLES / "trainingjobs" / "cnn-digits.yaml").read_text())
+    manifest["metadata"]["name"] = "resumable"
+    manifest["spec"]["training"]["epochs"] = 40
+    manifest["spec"]["checkpoint"] = {"enabled": True, "intervalSteps": 20, "claimName": claim}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(manifest))
+    kubectl(kaon_rig, "apply", "-n", namespace, "-f", str(tmp_path / "job.yaml"))
+
+    job = jobs.wait(
+        namespace,
+        "resumable",
+        lambda j: ((j.get("status") or {}).get("progress") or {}).get("step", 0) >= 60,
+        "three checkpoints' worth of steps",
+        TRAIN_TIMEOUT_S,
+    )
+    saved = sorted((tmp_path / "checkpoints").glob("step-*.pt"))
+    assert saved, "no checkpoint on the claim"
+    pid = int((pod_dir(namespace, "resumable-a0-w1") / "pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+
+    job = jobs.wait_state(namespace, "resumable", "Succeeded", "Failed", timeout_s=TRAIN_TIMEOUT_S)
+    assert state(job) == "Succeeded", job["status"]
+    status = job["status"]
+    assert status["attempt"] == 1 and status["restarts"] == 1
+    assert status["progress"]["resumedFromStep"] >= 20  # it went on, it did not start over
+    assert status["progress"]["step"] == status["progress"]["totalSteps"]
+    assert status["metrics"]["accuracy"] >= 0.95
+    assert "resuming at step" in runtime_log(namespace, "resumable-a1-w0")
+    objects = kubectl(kaon_rig, "get", "tj", "resumable", "-n", namespace, "-o", "yaml")
+    assert yaml.safe_load(objects)["apiVersion"] == f"{GROUP}/{VERSION}"
