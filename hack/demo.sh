@@ -18,15 +18,15 @@ pkill -f "kaon run" 2>/dev/null || true
 OPERATOR=$!
 trap 'kill $OPERATOR 2>/dev/null || true' EXIT
 
-step "member clusters east and west, registered from examples/clusters"
+step "member clusters east and west (kwok) and west-local (real processes), from examples/clusters"
 kubectl apply -f examples/clusters/
-kubectl wait --for condition=Ready computecluster/east computecluster/west --timeout=60s
+kubectl wait --for condition=Ready computecluster/east computecluster/west computecluster/west-local --timeout=60s
 kubectl get computeclusters -o wide
 
-step "TrainingJobs from examples/trainingjobs (kwok workers end as their annotations say)"
+step "TrainingJobs from examples/trainingjobs: kwok workers end as their annotations say; cnn-digits and lstm-digits really train"
 kubectl delete -f examples/trainingjobs/ --ignore-not-found --wait >/dev/null
 kubectl apply -f examples/trainingjobs/
-for _ in $(seq 1 30); do
+for _ in $(seq 1 90); do
   sleep 2
   clear 2>/dev/null || true
   date +%T
@@ -34,6 +34,9 @@ for _ in $(seq 1 30); do
   pending=$(kubectl get tj -o jsonpath='{range .items[*]}{.status.state}{"\n"}{end}' | grep -cvE '^(Succeeded|Failed)$' || true)
   [ "$pending" = 0 ] && break
 done
+
+step "what the real jobs learned (test split of the digits set)"
+kubectl get tj cnn-digits lstm-digits -o custom-columns='NAME:.metadata.name,ACCURACY:.status.metrics.accuracy,F1:.status.metrics.f1,STEPS:.status.progress.step,ARTIFACT:.status.artifact'
 
 step "why a job waited, and what happened to the flaky one"
 kubectl get events --field-selector involvedObject.kind=TrainingJob --sort-by=.lastTimestamp | tail -15
