@@ -74,3 +74,4 @@ def test_rendezvous_service_is_headless_and_selects_the_job() -> None:
     assert svc["metadata"]["name"] == "mnist"
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"]["kaon.dev/job-name"] == "mnist"
+    assert svc["spec"]["selector"]["kaon.dev/rank"] == "0"  # rank 0 is the rendezvous

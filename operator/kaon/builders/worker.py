@@ -182,7 +182,12 @@ def worker_pod(
 
 
 def rendezvous_service(job: JobRef, settings: Settings) -> Obj:
-    """Headless Service giving each worker a stable DNS name for torch.distributed."""
+    """Headless Service giving rank 0 the stable DNS name torch.distributed rendezvous at.
+
+    It selects rank 0 only: the other ranks find each other through rank 0's store, and an
+    EndpointSlice that follows one pod instead of the whole gang keeps the member's control
+    plane quiet when thousands of workers start at once.
+    """
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -194,7 +199,7 @@ def rendezvous_service(job: JobRef, settings: Settings) -> Obj:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {MANAGED_BY: "kaon", JOB_LABEL: job.name},
+            "selector": {MANAGED_BY: "kaon", JOB_LABEL: job.name, RANK_LABEL: "0"},
             "ports": [{"name": "rendezvous", "port": settings.master_port}],
         },
     }

@@ -38,6 +38,7 @@ ROLLBACK_RETRY_S = 5.0
 UNREACHABLE_RETRY_S = 2.0
 EXPECTATION_TTL_S = 30.0
 COUNTS_INTERVAL_S = 1.0  # at most one status write a second for worker counts alone
+LAUNCHED_ALONE_S = 10.0  # `launched` waits this long for a write to ride along with
 
 
 def _age_s(timestamp: str | None) -> float | None:
@@ -59,6 +60,7 @@ class Controller:
         self._not_before: dict[JobKey, float] = {}
         self._expected: dict[JobKey, dict[tuple[int, int], float]] = {}
         self._counts_patched: dict[JobKey, float] = {}
+        self._launched: dict[JobKey, int] = {}  # attempt whose pods were all created
         self._models: dict[JobKey, tuple[str, TrainingJobSpec | None, TrainingJobStatus]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -86,7 +88,13 @@ class Controller:
         self.queue.add(key)
 
     def _forget(self, key: JobKey) -> None:
-        for memo in (self._not_before, self._expected, self._models, self._counts_patched):
+        for memo in (
+            self._not_before,
+            self._expected,
+            self._models,
+            self._counts_patched,
+            self._launched,
+        ):
             memo.pop(key, None)
 
     def _job_pods_changed(self, key: JobKey) -> None:
@@ -166,6 +174,9 @@ class Controller:
         ]
         if stale:
             await self.workers.delete_pods(member, key[0], stale)
+        written = status
+        if not status.launched and self._launched.get(key) == status.attempt:
+            status = transitions.launched(status, gen)
         view = JobView(
             workers=spec.workers,
             attempt=status.attempt,
@@ -193,7 +204,11 @@ class Controller:
             self._expected[key] = {
                 (status.attempt, r): loop_now + EXPECTATION_TTL_S for r in action.ranks
             }
-            await self._patch(body, transitions.launched(status, gen))
+            # Recorded with the next status write (the workers' counts follow within seconds),
+            # not in a write of its own: until then a restarted operator only re-creates pods
+            # of this attempt that are missing, which creating them again does anyway.
+            self._launched[key] = status.attempt
+            self._counts_patched[key] = loop_now
         elif isinstance(action, Restart):
             await self.workers.remove_attempt(member, key, status.attempt)
             await self._patch(body, transitions.restarting(status, action, gen, now))
@@ -211,17 +226,38 @@ class Controller:
             await self._event(body, "Warning", action.reason, action.message)
             self.want_placement()
         elif isinstance(action, Observe):
-            new = transitions.observed(status, action, gen, now)
-            if new != status:
-                loop_now = asyncio.get_running_loop().time()
-                since = loop_now - self._counts_patched.get(key, 0.0)
-                if new.state == status.state and since < COUNTS_INTERVAL_S:
-                    return COUNTS_INTERVAL_S - since  # coalesce worker-count updates
-                await self._patch(body, new)
-                self._counts_patched[key] = loop_now
+            retry = await self._observe(key, body, written, status, action, gen, now)
+            if retry is not None:
+                return retry
         deadline = spec.run_policy.active_deadline_seconds
         if deadline is not None and view.seconds_since_admitted is not None:
             return max(deadline - view.seconds_since_admitted, 0) + 0.5
+        return None
+
+    async def _observe(
+        self,
+        key: JobKey,
+        body: Obj,
+        written: TrainingJobStatus,
+        status: TrainingJobStatus,
+        action: Observe,
+        gen: int,
+        now: str,
+    ) -> float | None:
+        """Write what changed: state at once, counts and progress at most once a second, and
+        `launched` with them (or alone once the workers have been quiet for a while)."""
+        new = transitions.observed(status, action, gen, now)
+        loop_now = asyncio.get_running_loop().time()
+        since = loop_now - self._counts_patched.get(key, 0.0)
+        if new == status:
+            if new.launched == written.launched:
+                return None
+            if since < LAUNCHED_ALONE_S:
+                return LAUNCHED_ALONE_S - since
+        elif new.state == status.state and since < COUNTS_INTERVAL_S:
+            return COUNTS_INTERVAL_S - since  # coalesce worker-count updates
+        await self._patch(body, new)
+        self._counts_patched[key] = loop_now
         return None
 
     async def _finished(
@@ -333,7 +369,8 @@ class Controller:
                 continue
             member = self.fleet.member(placement.cluster)
             bound = 0
-            if member is not None and status.launched:
+            launched = status.launched or self._launched.get(key) == status.attempt
+            if member is not None and launched:
                 bound = sum(
                     1
                     for p in member.pods_of(key).values()
