@@ -27,7 +27,7 @@ from kaon.api.common import API_VERSION
 from kaon.api.computecluster import PoolSpec
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import TrainingJobSpec
-from kaon.builders.worker import JobRef, worker_pod
+from kaon.builders.worker import JobRef, worker_identity, worker_pod
 from kaon.clusters import paths as rest
 from kaon.clusters.client import ApiError, KubeClient, Obj
 from kaon.rig import paths, rig
@@ -139,6 +139,8 @@ async def prepare(hub: KubeClient, members: dict[str, KubeClient]) -> None:
         )
     for member, client in members.items():
         await fresh_namespace(client)
+        for api_version, plural, obj in worker_identity(NS):  # the pods' ServiceAccount
+            await ignore_conflict(client.create(rest.collection(api_version, plural, NS), obj))
         for i in range(POOL.nodes):
             await ignore_conflict(client.create(rest.nodes(), node_manifest(member, POOL, i)))
         await ignore_conflict(

@@ -8,8 +8,8 @@
 
 Both sides run alternately several times and each keeps its best figure, the run least
 disturbed by other load on a shared machine. Run: `.venv/bin/python tests/bench/kernels.py
-[--threads N] [--quick] [--device cuda]`; every figure is merged into .bench/results.json with
-its same-run baseline.
+[--threads N] [--quick] [--device cuda] [--only GROUP ...]`; every figure is merged into
+.bench/results.json with its same-run baseline.
 """
 
 from __future__ import annotations
@@ -167,13 +167,14 @@ def bench_lstm_cell(kb: KernelBench, n: int, i: int, h: int) -> None:
     kb.compare(f"{tag}.fwd_bwd", fwd_bwd(ours), fwd_bwd(theirs), n)
 
 
-def bench_lstm_layer(kb: KernelBench) -> None:
-    """The layer as the digits model runs it: 8 steps of 8 features, hidden 128."""
+def bench_lstm_layer(kb: KernelBench, n: int, h: int) -> None:
+    """The layer as the digits models run it: 8 steps of 8 features (hidden 128 by default,
+    64 in examples/trainingjobs/lstm-cpu.yaml)."""
     torch.manual_seed(0)
-    ref = nn.LSTM(8, 128, batch_first=True).to(kb.device)
-    fused = FusedLSTM(8, 128).to(kb.device)
+    ref = nn.LSTM(8, h, batch_first=True).to(kb.device)
+    fused = FusedLSTM(8, h).to(kb.device)
     fused.load_state_dict(ref.state_dict())
-    seq = torch.randn(64, 8, 8, device=kb.device)
+    seq = torch.randn(n, 8, 8, device=kb.device)
 
     def ours() -> Tensor:
         out: Tensor = fused(seq)[0]
@@ -183,9 +184,10 @@ def bench_lstm_layer(kb: KernelBench) -> None:
         out: Tensor = ref(seq)[0]
         return out
 
+    tag = f"lstm_layer.n{n}_t8_h{h}"
     with torch.no_grad():
-        kb.compare("lstm_layer.n64_t8_h128.fwd", ours, theirs, 64)
-    kb.compare("lstm_layer.n64_t8_h128.fwd_bwd", fwd_bwd(ours), fwd_bwd(theirs), 64)
+        kb.compare(f"{tag}.fwd", ours, theirs, n)
+    kb.compare(f"{tag}.fwd_bwd", fwd_bwd(ours), fwd_bwd(theirs), n)
 
 
 def bench_conv_block(kb: KernelBench, cin: int, cout: int, size: int) -> None:
@@ -215,23 +217,42 @@ def bench_cnn_inference(kb: KernelBench) -> None:
         kb.compare("cnn_inference.folded.fwd", lambda: fused(images), lambda: model(images), 256)
 
 
+def bench_kernels(kb: KernelBench, group: str) -> None:
+    """One group of kernel figures, at the shapes the models here use."""
+    if group == "lstm_cell":
+        for n, i, h in ((64, 8, 128), (256, 256, 256)):
+            bench_lstm_cell(kb, n, i, h)
+    elif group == "lstm_layer":
+        for n, h in ((64, 128), (64, 64)):
+            bench_lstm_layer(kb, n, h)
+    elif group == "conv_bn_relu":
+        for cin, cout, size in ((1, 32, 8), (32, 64, 4)):
+            bench_conv_block(kb, cin, cout, size)
+    else:
+        bench_cnn_inference(kb)
+
+
+GROUPS = ("lstm_cell", "lstm_layer", "conv_bn_relu", "cnn_inference", "train")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
     parser.add_argument("--quick", action="store_true", help="shorter runs, noisier figures")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (figures named .cuda)")
+    parser.add_argument(
+        "--only", action="append", choices=GROUPS, help="run only this group (repeatable)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     entries: Entries = {}
     device = torch.device(args.device)
     kb = KernelBench(entries, args.threads, 0.2 if args.quick else 0.5, device)
-    for n, i, h in ((64, 8, 128), (256, 256, 256)):
-        bench_lstm_cell(kb, n, i, h)
-    bench_lstm_layer(kb)
-    for cin, cout, size in ((1, 32, 8), (32, 64, 4)):
-        bench_conv_block(kb, cin, cout, size)
-    bench_cnn_inference(kb)
-    bench_training(entries, 1 if args.quick else 3, 2 if args.quick else 3, device)
+    for group in args.only or GROUPS:
+        if group == "train":
+            bench_training(entries, 1 if args.quick else 3, 2 if args.quick else 3, device)
+        else:
+            bench_kernels(kb, group)
     print(f"{device}, {args.threads} thread(s); ratio = kaon / plain torch, higher: kaon faster")
     print(table(entries))
 

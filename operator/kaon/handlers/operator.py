@@ -19,6 +19,7 @@ from kaon.api.settings import Settings
 from kaon.clusters.client import KubeClient
 from kaon.handlers.clusterstatus import publish_loop
 from kaon.handlers.controller import Controller
+from kaon.handlers.heap import trim_loop
 
 log = logging.getLogger("kaon")
 
@@ -45,11 +46,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.publisher = asyncio.create_task(
         publish_loop(hub, controller.fleet, memo.cluster_generations), name="cluster-status"
     )
+    memo.trimmer = asyncio.create_task(trim_loop(), name="heap-trim")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.publisher.cancel()
+    memo.trimmer.cancel()
     await memo.controller.stop()
     await memo.controller.hub.close()
 
