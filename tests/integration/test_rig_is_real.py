@@ -35,7 +35,17 @@ def test_every_member_runs_its_pools_with_ready_nodes(kaon_rig: Rig) -> None:
             by_pool[n.metadata.labels[POOL_LABEL]] = (
                 by_pool.get(n.metadata.labels[POOL_LABEL], 0) + 1
             )
-        assert by_pool == {p.name: p.nodes for p in cluster.pools if p.nodes}
+        assert by_pool == {p.name: p.nodes for p in cluster.pools if p.nodes and not p.agent}
+        # Pools served by the process agent: their nodes are registered and kept Ready by it.
+        served = kaon_rig.core(cluster.name).list_node(label_selector="kaon.dev/agent=true").items
+        assert sorted(n.metadata.name for n in served) == sorted(
+            p.node_name(cluster.name, i) for p in cluster.pools if p.agent for i in range(p.nodes)
+        )
+        for n in served:
+            assert any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)
+            assert (
+                n.metadata.annotations is None or "kwok.x-k8s.io/node" not in n.metadata.annotations
+            )
 
 
 def test_gpu_pod_is_bound_to_a_gpu_node_runs_and_succeeds_with_its_message(

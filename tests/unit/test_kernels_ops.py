@@ -14,6 +14,7 @@ from kaon_kernels.ops import (
     FusedLSTM,
     fold_conv_bn,
     fused_lstm_cell,
+    fused_lstm_step,
     reference_conv_bn_relu,
     reference_lstm_cell,
 )
@@ -52,6 +53,31 @@ def test_fused_lstm_cell_matches_reference_forward_and_backward(
         assert_close(got, want)
 
 
+def test_fused_lstm_cell_without_bias_matches_reference() -> None:
+    inputs = _lstm_inputs(torch.float32)[:5]
+    fused = _run_cell(fused_lstm_cell, inputs)
+    reference = _run_cell(reference_lstm_cell, _lstm_inputs(torch.float32)[:5])
+    for got, want in zip(fused, reference, strict=True):
+        assert_close(got, want)
+
+
+def test_fused_lstm_cell_without_grad_matches_with_grad() -> None:
+    inputs = _lstm_inputs(torch.float32)
+    with_grad = fused_lstm_cell(*inputs)
+    with torch.no_grad():
+        without = fused_lstm_cell(*inputs)
+    for got, want in zip(without, with_grad, strict=True):
+        assert not got.requires_grad
+        assert_close(got, want)
+
+
+def test_fused_lstm_step_takes_the_concatenated_weight() -> None:
+    x, h, c, w_ih, w_hh, b = _lstm_inputs(torch.float64)
+    got = fused_lstm_step(x, h, c, torch.cat((w_ih, w_hh), dim=1), b)
+    for out, want in zip(got, reference_lstm_cell(x, h, c, w_ih, w_hh, b), strict=True):
+        assert_close(out, want)
+
+
 def test_fused_lstm_cell_matches_torch_lstmcell() -> None:
     x, h, c, w_ih, w_hh, b = (t.detach() for t in _lstm_inputs(torch.float32))
     cell = nn.LSTMCell(INPUT, HIDDEN)
@@ -66,25 +92,42 @@ def test_fused_lstm_cell_matches_torch_lstmcell() -> None:
     assert_close(got_c, want_c)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_fused_lstm_layer_matches_torch_lstm_forward_and_backward(device: str) -> None:
+def _lstm_pair(
+    layers: int, bidirectional: bool, device: str, dtype: torch.dtype
+) -> tuple[nn.LSTM, FusedLSTM]:
     torch.manual_seed(3)
-    reference = nn.LSTM(INPUT, HIDDEN, num_layers=2, batch_first=True, bidirectional=True)
-    fused = FusedLSTM(INPUT, HIDDEN, num_layers=2, bidirectional=True)
+    reference = nn.LSTM(INPUT, HIDDEN, layers, batch_first=True, bidirectional=bidirectional)
+    fused = FusedLSTM(INPUT, HIDDEN, layers, bidirectional)
     fused.load_state_dict(reference.state_dict())
+    return reference.to(device, dtype), fused.to(device, dtype)
+
+
+LAYER_CASES = [  # (layers, bidirectional, steps): 1 step has no recurrent matmul at all
+    (2, True, 4),
+    (1, False, 6),
+    (1, True, 1),
+    (3, False, 2),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("layers", "bidirectional", "steps"), LAYER_CASES)
+def test_fused_lstm_layer_matches_torch_lstm_forward_and_backward(
+    layers: int, bidirectional: bool, steps: int, device: str
+) -> None:
     # cuDNN's LSTM may compute in TF32 on GPUs: compare in float64 there, exactly.
     dtype = torch.float64 if device == "cuda" else torch.float32
-    reference.to(device, dtype)
-    fused.to(device, dtype)
-    x = torch.randn(N, 4, INPUT, device=device, dtype=dtype)
+    reference, fused = _lstm_pair(layers, bidirectional, device, dtype)
+    directions = 2 if bidirectional else 1
+    x = torch.randn(N, steps, INPUT, device=device, dtype=dtype)
     x_ref, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
 
     out_ref, (h_ref, _) = reference(x_ref)
     out_fused, h_fused = fused(x_fused)
     assert_close(out_fused, out_ref)
-    assert_close(h_fused, h_ref[-2:])  # the last layer, both directions
+    assert_close(h_fused, h_ref[-directions:])  # the last layer, every direction
 
-    (out_ref.square().sum() + h_ref[-2:].sum()).backward()
+    (out_ref.square().sum() + h_ref[-directions:].sum()).backward()
     (out_fused.square().sum() + h_fused.sum()).backward()
     assert x_ref.grad is not None and x_fused.grad is not None
     assert_close(x_fused.grad, x_ref.grad)
@@ -92,6 +135,27 @@ def test_fused_lstm_layer_matches_torch_lstm_forward_and_backward(device: str) -
     for name, p in fused.named_parameters():
         assert p.grad is not None, name
         assert_close(p.grad, ref_params[name].grad, msg=name)
+
+
+def test_fused_lstm_layer_float64_and_without_grad() -> None:
+    reference, fused = _lstm_pair(2, True, "cpu", torch.float64)
+    x = torch.randn(N, 5, INPUT, dtype=torch.float64)
+    with torch.no_grad():
+        out, h_n = fused(x)
+        want, (h_want, _) = reference(x)
+    assert not out.requires_grad
+    assert_close(out, want)
+    assert_close(h_n, h_want[-2:])
+
+
+def test_fused_lstm_layer_backward_twice_with_retained_graph() -> None:
+    _, fused = _lstm_pair(1, True, "cpu", torch.float32)
+    out, _ = fused(torch.randn(N, 3, INPUT))
+    loss = out.square().sum()
+    first = torch.autograd.grad(loss, list(fused.parameters()), retain_graph=True)
+    second = torch.autograd.grad(loss, list(fused.parameters()))
+    for a, b in zip(first, second, strict=True):
+        assert_close(a, b)
 
 
 def _conv_bn(bias: bool) -> tuple[nn.Conv2d, nn.BatchNorm2d]:

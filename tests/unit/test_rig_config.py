@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from kaon.rig import paths
+from kaon.rig import agent, agents, paths
 from kaon.rig.config import (
     GPU_RESOURCE,
     POOL_LABEL,
@@ -84,3 +84,18 @@ def test_binaries_are_cached_by_version(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert paths.kube_bin_dir(old) != paths.kube_bin_dir(new)
     assert new.staging == "v0.36.3"
     assert new.kubernetes_minor == "36"
+
+
+def test_agent_pools_are_left_to_their_agent_not_to_kwok() -> None:
+    config = load_config()
+    west = config.cluster("west")
+    (local,) = [p for p in west.pools if p.agent]
+    assert local.name == "local" and local.gpus == 0
+    kwok_nodes = [n["metadata"]["name"] for n in node_manifests(west)]
+    assert local.node_name("west", 0) not in kwok_nodes
+    assert len(kwok_nodes) == sum(p.nodes for p in west.pools if not p.agent)
+    assert agents.agent_nodes(config) == [("west", "west-local-0")]
+    node = agent.agent_node("west-local-0", local)
+    assert "annotations" not in node["metadata"]  # kwok leaves it alone
+    assert node["spec"]["taints"] == [agent.AGENT_TAINT]
+    assert node["metadata"]["labels"][POOL_LABEL] == "local"
