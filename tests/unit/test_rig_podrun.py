@@ -13,7 +13,7 @@ from kaon.api.trainingjob import TrainingJobSpec
 from kaon.builders.worker import JobRef, worker_identity, worker_pod
 from kaon.rig import agent, podrun
 
-POD_DIR = Path("/work/agent/pods/ns_p")
+POD_DIR = Path("agent") / "pods" / "ns_p"
 MACHINE = podrun.Machine(
     pod_dir=POD_DIR,
     python="/venv/bin/python",

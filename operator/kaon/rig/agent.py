@@ -58,8 +58,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _capacity(pool: RigPool) -> dict[str, str]:
+    return {"cpu": pool.cpu, "memory": pool.memory, "pods": str(pool.pods)}
+
+
+def pod_dir(work_dir: Path, meta: Obj) -> Path:
+    """Where the agent keeps one pod's volumes, log, pid and termination message."""
+    return work_dir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
+
+
 def agent_node(node: str, pool: RigPool) -> Obj:
-    capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": str(pool.pods)}
+    capacity = _capacity(pool)
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -80,7 +89,7 @@ def agent_node(node: str, pool: RigPool) -> Obj:
 
 def _node_status(pool: RigPool) -> Obj:
     now = _now()
-    capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": str(pool.pods)}
+    capacity = _capacity(pool)
     ready = {
         "type": "Ready",
         "status": "True",
@@ -125,7 +134,8 @@ class PodProcess:
         self.pod = pod
         meta = pod["metadata"]
         self.ns, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
-        self.dir = agent.work_dir / "pods" / f"{self.ns}_{self.name}_{self.uid[:8]}"
+        self.dir = pod_dir(agent.work_dir, meta)
+        self.restarts = 0
         self.proc: asyncio.subprocess.Process | None = None
         self.deleting = False
         self.grace_s = podrun.DEFAULT_GRACE_S
@@ -142,16 +152,15 @@ class PodProcess:
             await self._finish(None, "CreateContainerConfigError", str(err), started)
             return
         self.grace_s = run.grace_s
-        restarts = 0
         policy = (self.pod.get("spec") or {}).get("restartPolicy", "Always")
         while not self.deleting:
-            code, message = await self._execute(run, restarts)
+            code, message = await self._execute(run)
             again = policy == "Always" or (policy == "OnFailure" and code != 0)
             if self.deleting or not again:
                 await self._finish(code, "Completed" if code == 0 else "Error", message, started)
                 return
-            restarts += 1
-            await asyncio.sleep(min(30.0, 2.0**restarts))
+            self.restarts += 1
+            await asyncio.sleep(min(30.0, 2.0**self.restarts))
         await self._finish(None, "Killed", "pod deleted before its container started", started)
 
     async def _plan(self) -> podrun.LocalRun:
@@ -169,7 +178,7 @@ class PodProcess:
         )
         return podrun.plan(self.pod, machine, volumes, lookup, port)
 
-    async def _execute(self, run: podrun.LocalRun, restarts: int) -> tuple[int, str]:
+    async def _execute(self, run: podrun.LocalRun) -> tuple[int, str]:
         cname = podrun.container(self.pod)["name"]
         log_file = self.dir / f"{cname}.log"
         run.termination_log.write_text("")
@@ -186,11 +195,11 @@ class PodProcess:
         (self.dir / "pid").write_text(f"{self.proc.pid}\n")
         if self.deleting:
             self.signal(signal.SIGTERM)
-        await self.agent.patch_status(self.pod, self._running(cname, restarts))
+        await self.agent.patch_status(self.pod, self._running(cname))
         code = exit_code(await self.proc.wait())
         return code, termination_message(run, log_file, code)
 
-    def _running(self, cname: str, restarts: int) -> Obj:
+    def _running(self, cname: str) -> Obj:
         now = _now()
         conditions = [
             {"type": t, "status": "True", "lastTransitionTime": now}
@@ -208,7 +217,7 @@ class PodProcess:
                     "name": cname,
                     "ready": True,
                     "started": True,
-                    "restartCount": restarts,
+                    "restartCount": self.restarts,
                     "image": podrun.container(self.pod).get("image", ""),
                     "imageID": "",
                     "state": {"running": {"startedAt": now}},
@@ -217,7 +226,8 @@ class PodProcess:
         }
 
     async def _finish(self, code: int | None, reason: str, message: str, started: str) -> None:
-        cname = (podrun.container(self.pod) if _one_container(self.pod) else {}).get("name", "c")
+        containers = (self.pod.get("spec") or {}).get("containers") or [{}]
+        cname = containers[0].get("name", "")
         terminated = {
             "exitCode": 128 + signal.SIGKILL if code is None else code,
             "reason": reason,
@@ -241,14 +251,14 @@ class PodProcess:
                 {
                     "name": cname,
                     "ready": False,
-                    "restartCount": 0,
+                    "restartCount": self.restarts,
                     "image": "",
                     "imageID": "",
                     "state": {"terminated": terminated},
                 }
             ],
         }
-        if code is None and reason not in ("Killed",):
+        if code is None and reason != "Killed":
             status["reason"], status["message"] = reason, message
         await self.agent.patch_status(self.pod, status)
         log.info("pod %s/%s ended: %s (exit %s)", self.ns, self.name, reason, code)
@@ -269,10 +279,6 @@ class PodProcess:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.task), self.grace_s)
         self.signal(signal.SIGKILL)
-
-
-def _one_container(pod: Obj) -> bool:
-    return len((pod.get("spec") or {}).get("containers") or []) == 1
 
 
 class Agent:
@@ -366,10 +372,7 @@ class Agent:
         self.pods[uid] = PodProcess(self, pod)
 
     async def _orphaned(self, pod: Obj) -> None:
-        meta = pod["metadata"]
-        pid_file = (
-            self.work_dir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}" / "pid"
-        )
+        pid_file = pod_dir(self.work_dir, pod["metadata"]) / "pid"
         with contextlib.suppress(OSError, ValueError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         await self.patch_status(
