@@ -63,7 +63,11 @@ def namespace(kaon_rig: Rig, request: pytest.FixtureRequest) -> Iterator[str]:
         kaon_rig.core(cluster).create_namespace(body)
     yield name
     for cluster in kaon_rig.names:
-        kaon_rig.core(cluster).delete_namespace(name)
+        core = kaon_rig.core(cluster)
+        core.delete_namespace(name)
+        for pv in core.list_persistent_volume(label_selector="kaon.dev/test=true").items:
+            if pv.spec.claim_ref and pv.spec.claim_ref.namespace == name:
+                core.delete_persistent_volume(pv.metadata.name)
     # Wait until its pods are gone, so the next test finds the pools' capacity free again.
     for cluster in kaon_rig.names:
         _wait_pods_gone(kaon_rig.core(cluster), name)

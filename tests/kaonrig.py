@@ -129,10 +129,13 @@ GROUP, VERSION = "kaon.dev", "v1alpha1"
 
 
 class Jobs:
-    """TrainingJobs on the hub, as a user handles them."""
+    """TrainingJobs (or another kaon kind) on the hub, as a user handles them."""
 
-    def __init__(self, hub: client.ApiClient) -> None:
+    def __init__(
+        self, hub: client.ApiClient, kind: str = "TrainingJob", plural: str = "trainingjobs"
+    ) -> None:
         self.api = client.CustomObjectsApi(hub)
+        self.kind, self.plural = kind, plural
 
     def create(
         self,
@@ -143,22 +146,22 @@ class Jobs:
     ) -> dict[str, Any]:
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "TrainingJob",
+            "kind": self.kind,
             "metadata": {"name": name, "annotations": annotations or {}},
             "spec": spec,
         }
-        return self.api.create_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", body)  # type: ignore[no-any-return]
+        return self.api.create_namespaced_custom_object(GROUP, VERSION, ns, self.plural, body)  # type: ignore[no-any-return]
 
     def get(self, ns: str, name: str) -> dict[str, Any]:
-        return self.api.get_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name)  # type: ignore[no-any-return]
+        return self.api.get_namespaced_custom_object(GROUP, VERSION, ns, self.plural, name)  # type: ignore[no-any-return]
 
     def patch_spec(self, ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         return self.api.patch_namespaced_custom_object(  # type: ignore[no-any-return]
-            GROUP, VERSION, ns, "trainingjobs", name, {"spec": spec}
+            GROUP, VERSION, ns, self.plural, name, {"spec": spec}
         )
 
     def delete(self, ns: str, name: str) -> None:
-        self.api.delete_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name)
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, ns, self.plural, name)
 
     def exists(self, ns: str, name: str) -> bool:
         try:
@@ -238,3 +241,40 @@ def wait_members_ready(kaon_rig: Rig, names: tuple[str, ...] = ("east", "west"))
             ),
             f"ComputeCluster {name} Ready",
         )
+
+
+def bound_claim(kaon_rig: Rig, cluster: str, namespace: str, claim: str, host_dir: Path) -> str:
+    """A claim in the member bound to a PersistentVolume on a directory of this machine."""
+    core = kaon_rig.core(cluster)
+    pv_name = f"{claim}-{namespace}"[:63]
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv_name, "labels": {"kaon.dev/test": "true"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(host_dir)},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    wait_for(
+        lambda: core.read_namespaced_persistent_volume_claim(claim, namespace),
+        lambda c: c.status.phase == "Bound",
+        f"claim {claim} bound in {cluster}",
+    )
+    return claim

@@ -21,6 +21,7 @@ from kaonrig import (
     REPO,
     Jobs,
     Rig,
+    bound_claim,
     kubectl,
     register_cluster,
     state,
@@ -107,47 +108,10 @@ def test_cnn_and_lstm_train_for_real_with_progress_in_kubectl(
     assert "2 worker(s) on cpu" in runtime_log(namespace, "cnn-digits-a0-w0")
 
 
-def claim_on_host(kaon_rig: Rig, namespace: str, host_dir: Path) -> str:
-    """A PersistentVolume on a directory of this machine, bound to a claim in west."""
-    pv_name, claim = f"ckpt-{namespace}"[:63], "checkpoints"
-    core = kaon_rig.core("west")
-    core.create_persistent_volume(
-        {
-            "metadata": {"name": pv_name},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(host_dir)},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        }
-    )
-    core.create_namespaced_persistent_volume_claim(
-        namespace,
-        {
-            "metadata": {"name": claim},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "volumeName": pv_name,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
-    wait_for(
-        lambda: core.read_namespaced_persistent_volume_claim(claim, namespace),
-        lambda c: c.status.phase == "Bound",
-        "the checkpoint claim bound",
-    )
-    return claim
-
-
 def test_killed_worker_restarts_the_gang_which_resumes_from_its_checkpoint(
     kaon_rig: Rig, jobs: Jobs, namespace: str, local_pool: str, tmp_path: Path
 ) -> None:
-    claim = claim_on_host(kaon_rig, namespace, tmp_path)
+    claim = bound_claim(kaon_rig, "west", namespace, "checkpoints", tmp_path)
     manifest = yaml.safe_load((EXAMPLES / "trainingjobs" / "cnn-digits.yaml").read_text())
     manifest["metadata"]["name"] = "resumable"
     manifest["spec"]["training"]["epochs"] = 40
@@ -162,7 +126,8 @@ def test_killed_worker_restarts_the_gang_which_resumes_from_its_checkpoint(
         "three checkpoints' worth of steps",
         TRAIN_TIMEOUT_S,
     )
-    saved = sorted((tmp_path / "checkpoints").glob("step-*.pt"))
+    checkpoints = tmp_path / "jobs" / "resumable" / "checkpoints"  # one directory per job
+    saved = sorted(checkpoints.glob("step-*.pt"))
     assert saved, "no checkpoint on the claim"
     pid = int((pod_dir(namespace, "resumable-a0-w1") / "pid").read_text())
     os.kill(pid, signal.SIGKILL)
@@ -176,5 +141,8 @@ def test_killed_worker_restarts_the_gang_which_resumes_from_its_checkpoint(
     assert status["metrics"]["accuracy"] >= 0.95
     assert "resuming at step" in runtime_log(namespace, "resumable-a1-w0")
     # The resumed attempt went on writing to the same claim, up to the last step.
-    last = sorted((tmp_path / "checkpoints").glob("step-*.pt"))[-1]
+    last = sorted(checkpoints.glob("step-*.pt"))[-1]
     assert last.name == f"step-{status['progress']['totalSteps']:09d}.pt"
+    # The artifact is named where a server can mount it, and it is there.
+    assert status["artifact"] == f"pvc://{claim}/jobs/resumable/output"
+    assert (tmp_path / "jobs" / "resumable" / "output" / "model.pt").is_file()

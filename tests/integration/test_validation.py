@@ -177,3 +177,62 @@ def test_invalid_computecluster_is_refused_naming_the_field(
     assert refused.value.status == 422, case
     message = refusal(refused.value)
     assert field in message and says in message, message
+
+
+SERVE: dict[str, Any] = {"model": {"uri": "pvc://models/digits"}}
+
+INVALID_SERVICES = [
+    (
+        "two model sources",
+        {"model": {"uri": "pvc://models/digits", "trainingJobRef": {"name": "digits"}}},
+        "spec.model.uri",
+        "set exactly one of trainingJobRef and uri",
+    ),
+    ("no model source", {"model": {}}, "spec.model.uri", "set exactly one of"),
+    (
+        "uri not on a claim",
+        {"model": {"uri": "s3://bucket/digits"}},
+        "spec.model.uri",
+        "should match",
+    ),
+    (
+        "min above max",
+        SERVE | {"replicas": {"min": 3, "max": 2}},
+        "spec.replicas.min",
+        "min must not exceed max",
+    ),
+    (
+        "canary share over 100",
+        SERVE | {"canary": {"model": {"uri": "pvc://models/v2"}, "trafficPercent": 101}},
+        "spec.canary.trafficPercent",
+        "less than or equal to 100",
+    ),
+    (
+        "zero target concurrency",
+        SERVE | {"autoscaling": {"targetConcurrency": 0}},
+        "spec.autoscaling.targetConcurrency",
+        "greater than 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "spec", "field", "says"), INVALID_SERVICES, ids=[c[0] for c in INVALID_SERVICES]
+)
+def test_invalid_inferenceservice_is_refused_naming_the_field(
+    kaon_rig: Rig, namespace: str, case: str, spec: dict[str, Any], field: str, says: str
+) -> None:
+    services = Jobs(kaon_rig.api("hub"), "InferenceService", "inferenceservices")
+    with pytest.raises(ApiException) as refused:
+        services.create(namespace, "bad", spec)
+    assert refused.value.status == 422, case
+    message = refusal(refused.value)
+    assert field in message and says in message, message
+
+
+def test_valid_inferenceservice_gets_the_schema_defaults(kaon_rig: Rig, namespace: str) -> None:
+    services = Jobs(kaon_rig.api("hub"), "InferenceService", "inferenceservices")
+    spec = services.create(namespace, "good", SERVE)["spec"]
+    assert spec["replicas"] == {"min": 1, "max": 1}
+    assert spec["batching"] == {"maxBatchSize": 32, "maxLatencyMs": 5}
+    assert spec["placement"]["clusters"] == 1

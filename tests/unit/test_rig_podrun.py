@@ -11,7 +11,7 @@ from kaon.api.computecluster import PoolSpec
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import TrainingJobSpec
 from kaon.builders.worker import JobRef, worker_identity, worker_pod
-from kaon.rig import agent, podrun
+from kaon.rig import podproc, podrun, podstatus
 
 POD_DIR = Path("agent") / "pods" / "ns_p"
 MACHINE = podrun.Machine(
@@ -20,6 +20,7 @@ MACHINE = podrun.Machine(
     api_host="127.0.0.1",
     api_port="6443",
     base_env={"PATH": "/usr/bin"},
+    pod_ip="198.18.7.2",
 )
 
 
@@ -52,6 +53,8 @@ def test_env_is_built_like_a_kubelet_builds_it() -> None:
                 {"name": "ME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
                 {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                {"name": "BIND", "value": "--host=$(IP)"},
                 {"name": "GREETING", "value": "$(ME) says $(NOTHING)"},
                 {
                     "name": "CPUS",
@@ -65,7 +68,9 @@ def test_env_is_built_like_a_kubelet_builds_it() -> None:
     assert run.argv == ["/venv/bin/python", "-m", "app", "--mode=fast", "$(literal)"]
     env = run.env
     assert env["CFG_MODE"] == "fast" and env["CFG_LEVEL"] == "3" and env["PW"] == "x"
-    assert env["ME"] == "p" and env["APP"] == "demo" and env["IP"] == "127.0.0.1"
+    assert env["ME"] == "p" and env["APP"] == "demo"
+    assert env["IP"] == "198.18.7.2" and env["HOST"] == "127.0.0.1"
+    assert env["BIND"] == "--host=198.18.7.2"
     assert env["GREETING"] == "p says $(NOTHING)"
     assert env["CPUS"] == "2" and env["OMP_NUM_THREADS"] == "2"
     assert env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1" and env["PATH"] == "/usr/bin"
@@ -105,8 +110,9 @@ def test_a_kaon_worker_finds_its_gang_on_loopback_at_the_agents_port(tmp_path: P
     dirs = {"kaon-state": tmp_path / "state", "tmp": tmp_path / "tmp"}
     run = podrun.plan(worker, MACHINE, dirs, no_objects, master_port=41234)
     env = run.env
+    # The gang's rendezvous stays on loopback, whatever IP each worker pod has.
     assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] == "41234"
-    assert env["KAON_CHECKPOINT_DIR"] == str(tmp_path / "state" / "checkpoints")
+    assert env["KAON_CHECKPOINT_DIR"] == str(tmp_path / "state" / "jobs" / "digits" / "checkpoints")
     assert env["POD_NAME"] == "digits-a1-w1" and env["RANK"] == "1"
     assert run.argv[0] == "/venv/bin/python" and run.fallback_to_logs
     assert podrun.rendezvous_key(worker) == ("team", "digits", "1")
@@ -164,9 +170,23 @@ def test_an_optional_missing_reference_is_left_out() -> None:
     assert "X" not in run.env
 
 
+def test_an_exec_probe_command_is_mapped_like_the_containers_own() -> None:
+    p = pod(
+        {
+            "command": ["serve"],
+            "env": [{"name": "PORT", "value": "8080"}],
+            "volumeMounts": [{"name": "d", "mountPath": "/data"}],
+        }
+    )
+    run = podrun.plan(p, MACHINE, {"d": Path("/host/d")}, no_objects)
+    argv = run.local_argv(["python", "/data/check.py", "--port=$(PORT)"])
+    assert argv == ["/venv/bin/python", "/host/d/check.py", "--port=8080"]
+    assert run.local_argv(["cat", "/etc/hostname"]) == ["cat", "/etc/hostname"]
+
+
 def test_a_signal_death_reads_as_128_plus_the_signal() -> None:
-    assert agent.exit_code(-9) == 137 and agent.exit_code(-15) == 143
-    assert agent.exit_code(3) == 3 and agent.exit_code(0) == 0
+    assert podstatus.exit_code(-9) == 137 and podstatus.exit_code(-15) == 143
+    assert podstatus.exit_code(3) == 3 and podstatus.exit_code(0) == 0
 
 
 def test_the_termination_message_falls_back_to_the_log_tail_on_failure(tmp_path: Path) -> None:
@@ -176,8 +196,8 @@ def test_the_termination_message_falls_back_to_the_log_tail_on_failure(tmp_path:
     log = tmp_path / "c.log"
     log.write_text("".join(f"line {i}\n" for i in range(200)))
     run.termination_log.write_text("")
-    message = agent.termination_message(run, log, 1)
+    message = podproc.termination_message(run, log, 1)
     assert message.endswith("line 199") and "line 100" not in message
-    assert agent.termination_message(run, log, 0) == ""  # only a failure falls back
+    assert podproc.termination_message(run, log, 0) == ""  # only a failure falls back
     run.termination_log.write_text("said so")
-    assert agent.termination_message(run, log, 1) == "said so"
+    assert podproc.termination_message(run, log, 1) == "said so"

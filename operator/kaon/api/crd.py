@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.config import JsonDict
 
-from kaon.api import computecluster, trainingjob
+from kaon.api import computecluster, inferenceservice, trainingjob
 from kaon.api.common import GROUP, VERSION
 from kaon.api.schema import Schema, model_schema
 
@@ -80,7 +80,27 @@ TRAINING_JOB = Resource(
     root_rules=tuple(trainingjob.root_rules()),
 )
 
-RESOURCES = (COMPUTE_CLUSTER, TRAINING_JOB)
+INFERENCE_SERVICE = Resource(
+    kind="InferenceService",
+    plural="inferenceservices",
+    scope="Namespaced",
+    spec=inferenceservice.InferenceServiceSpec,
+    status=inferenceservice.InferenceServiceStatus,
+    description="Replicas of the V2 model server, placed on node pools of one or more clusters.",
+    short_names=("isvc",),
+    printer_columns=(
+        _col("State", ".status.state"),
+        _col("URL", ".status.url"),
+        _col("Ready", ".status.readyReplicas", "integer"),
+        _col("Replicas", ".status.replicas", "integer"),
+        _col("Pools", ".status.pools"),
+        _col("Canary", ".status.canary.effectivePercent", "integer"),
+        _col("Reason", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
+        AGE,
+    ),
+)
+
+RESOURCES = (COMPUTE_CLUSTER, TRAINING_JOB, INFERENCE_SERVICE)
 
 
 def openapi_schema(resource: Resource) -> Schema:

@@ -11,9 +11,16 @@ from kaon.api.crd import RESOURCES, crd
 HEADER = "# Generated from kaon.api by `make crds`; do not edit.\n"
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Shared sub-schemas are written out in full: anchors would make the CRDs hard to read."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
 def rendered() -> dict[str, str]:
     return {
-        f"{r.name}.yaml": HEADER + yaml.safe_dump(crd(r), sort_keys=False, width=100)
+        f"{r.name}.yaml": HEADER + yaml.dump(crd(r), Dumper=_NoAliases, sort_keys=False, width=100)
         for r in RESOURCES
     }
 

@@ -21,7 +21,7 @@ DEFAULT_OBJECT: JsonDict = {"default": {}}
 
 
 class WorkerResources(Spec):
-    """What each worker needs."""
+    """What each pod needs: a TrainingJob's worker, an InferenceService's replica."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -31,9 +31,9 @@ class WorkerResources(Spec):
         }
     )
 
-    cpu: Quantity = Field(default="1", description="CPU per worker (cores or millicores).")
-    memory: Quantity = Field(default="2Gi", description="Memory per worker.")
-    gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per worker on GPU pools.")
+    cpu: Quantity = Field(default="1", description="CPU per pod (cores or millicores).")
+    memory: Quantity = Field(default="2Gi", description="Memory per pod.")
+    gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per pod on GPU pools.")
     gpu_type: DNSLabel | None = Field(
         default=None,
         description="Accelerator type wanted (e.g. nvidia-a100) when no pool preference says.",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from kaon.clusters.member import ISVC_LABEL
+
 MANAGED_BY = "app.kubernetes.io/managed-by"
 JOB_LABEL = "kaon.dev/job-name"
 ATTEMPT_LABEL = "kaon.dev/attempt"
 RANK_LABEL = "kaon.dev/rank"
 JOB_UID_LABEL = "kaon.dev/job-uid"
 FINALIZER = "kaon.dev/cleanup"
+ISVC_UID_LABEL = "kaon.dev/inferenceservice-uid"
+REVISION_LABEL = "kaon.dev/revision"
 
 
 def worker_pod_name(job: str, attempt: int, rank: int) -> str:
@@ -24,3 +28,21 @@ def service_name(job: str) -> str:
 
 def job_selector(job: str) -> str:
     return f"{MANAGED_BY}=kaon,{JOB_LABEL}={job}"
+
+
+def job_output_path(job: str) -> str:
+    """Where a job's artifact lives on its state volume: one directory per job, so jobs that
+    share a claim never mix checkpoints or artifacts."""
+    return f"jobs/{job}/output"
+
+
+def job_checkpoint_path(job: str) -> str:
+    return f"jobs/{job}/checkpoints"
+
+
+def artifact_uri(claim: str, job: str) -> str:
+    return f"pvc://{claim}/{job_output_path(job)}"
+
+
+def service_selector(service: str) -> str:
+    return f"{MANAGED_BY}=kaon,{ISVC_LABEL}={service}"

@@ -8,13 +8,15 @@ from typing import Any
 
 from kaon.api.computecluster import GPU_RESOURCE, PoolSpec
 from kaon.api.settings import Settings
-from kaon.api.trainingjob import TrainingJobSpec
+from kaon.api.trainingjob import TrainingJobSpec, WorkerResources
 from kaon.builders.names import (
     ATTEMPT_LABEL,
     JOB_LABEL,
     JOB_UID_LABEL,
     MANAGED_BY,
     RANK_LABEL,
+    job_checkpoint_path,
+    job_output_path,
     service_name,
     worker_hostname,
     worker_pod_name,
@@ -25,8 +27,7 @@ Obj = dict[str, Any]
 WORKER_IDENTITY = "kaon-worker"  # ServiceAccount, Role and RoleBinding in each namespace
 SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TERMINATION_LOG = "/dev/termination-log"
-CHECKPOINT_DIR = "/var/lib/kaon/checkpoints"
-OUTPUT_DIR = "/var/lib/kaon/output"
+STATE_ROOT = "/var/lib/kaon"  # the state volume: the job's claim, else an emptyDir
 SIM_PREFIX = "kaon.dev/sim-"
 SIM_FAIL = "kaon.dev/sim-fail"  # "attempt:rank:code,...": that worker exits with code (rig only)
 
@@ -80,8 +81,8 @@ def _env(job: JobRef, spec: TrainingJobSpec, attempt: int, rank: int, s: Setting
         "KAON_JOB_NAMESPACE": job.namespace,
         "KAON_ATTEMPT": str(attempt),
         "KAON_SPEC": json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True)),
-        "KAON_CHECKPOINT_DIR": CHECKPOINT_DIR,
-        "KAON_OUTPUT_DIR": OUTPUT_DIR,
+        "KAON_CHECKPOINT_DIR": f"{STATE_ROOT}/{job_checkpoint_path(job.name)}",
+        "KAON_OUTPUT_DIR": f"{STATE_ROOT}/{job_output_path(job.name)}",
         "KAON_PROGRESS_ANNOTATION": PROGRESS_ANNOTATION,
         "KAON_SERVICEACCOUNT_DIR": SERVICEACCOUNT_DIR,
         "KAON_TERMINATION_LOG": TERMINATION_LOG,
@@ -94,12 +95,10 @@ def _env(job: JobRef, spec: TrainingJobSpec, attempt: int, rank: int, s: Setting
     return env
 
 
-def _resources(spec: TrainingJobSpec, gpus: int) -> Obj:
-    requests: dict[str, Any] = {
-        "cpu": str(spec.resources.cpu),
-        "memory": str(spec.resources.memory),
-    }
-    limits: dict[str, Any] = {"memory": str(spec.resources.memory)}
+def pod_resources(resources: WorkerResources, gpus: int) -> Obj:
+    """Requests and limits of a kaon container; memory is limited, CPU is not (no throttling)."""
+    requests: dict[str, Any] = {"cpu": str(resources.cpu), "memory": str(resources.memory)}
+    limits: dict[str, Any] = {"memory": str(resources.memory)}
     if gpus:
         requests[GPU_RESOURCE] = str(gpus)
         limits[GPU_RESOURCE] = str(gpus)
@@ -113,6 +112,13 @@ def _volume(spec: TrainingJobSpec) -> Obj:
     return {"name": "kaon-state", "emptyDir": {}}
 
 
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "fsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 RESTRICTED = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},
@@ -151,13 +157,7 @@ def worker_pod(
             "serviceAccountName": WORKER_IDENTITY,
             "automountServiceAccountToken": True,
             "enableServiceLinks": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 65532,
-                "runAsGroup": 65532,
-                "fsGroup": 65532,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": POD_SECURITY,
             "containers": [
                 {
                     "name": "runtime",
@@ -166,12 +166,12 @@ def worker_pod(
                     "command": ["python", "-m", "kaon_kernels.train"],
                     "env": _env(job, spec, attempt, rank, settings),
                     "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
-                    "resources": _resources(spec, gpus_per_worker),
+                    "resources": pod_resources(spec.resources, gpus_per_worker),
                     "securityContext": RESTRICTED,
                     "terminationMessagePath": TERMINATION_LOG,
                     "terminationMessagePolicy": "FallbackToLogsOnError",
                     "volumeMounts": [
-                        {"name": "kaon-state", "mountPath": "/var/lib/kaon"},
+                        {"name": "kaon-state", "mountPath": STATE_ROOT},
                         {"name": "tmp", "mountPath": "/tmp"},
                     ],
                 }

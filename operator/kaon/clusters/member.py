@@ -16,21 +16,25 @@ log = logging.getLogger(__name__)
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 JOB_LABEL = "kaon.dev/job-name"
+ISVC_LABEL = "kaon.dev/inferenceservice"
 PROGRESS_ANNOTATION = "kaon.dev/progress"  # written by the runtime (rank 0) on its own pod
-MAX_PROGRESS_BYTES = 1024
+LOAD_ANNOTATION = "kaon.dev/load"  # written by each model server on its own pod
+REPORTS = (PROGRESS_ANNOTATION, LOAD_ANNOTATION)
+MAX_REPORT_BYTES = 1024
 
-JobKey = tuple[str, str]  # (namespace, job name)
+JobKey = tuple[str, str]  # (namespace, job name); also (namespace, service name)
 
 
 def slim_pod(pod: Obj) -> Obj:
-    """Only the fields of a worker pod kaon reads: small at thousands of pods."""
+    """Only the fields of a kaon pod the operator reads: small at thousands of pods."""
     meta, status = pod["metadata"], pod.get("status") or {}
     slim_meta = {
         k: meta[k] for k in ("name", "namespace", "labels", "deletionTimestamp") if k in meta
     }
-    progress = (meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
-    if progress:
-        slim_meta["annotations"] = {PROGRESS_ANNOTATION: progress[:MAX_PROGRESS_BYTES]}
+    annotations = meta.get("annotations") or {}
+    reports = {k: annotations[k][:MAX_REPORT_BYTES] for k in REPORTS if annotations.get(k)}
+    if reports:
+        slim_meta["annotations"] = reports
     return {
         "metadata": slim_meta,
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
@@ -66,10 +70,12 @@ class Member:
     name: str
     client: KubeClient
     on_job_pods: Callable[[JobKey], None] = lambda key: None
+    on_service_pods: Callable[[JobKey], None] = lambda key: None
     on_capacity: Callable[[str], None] = lambda name: None
     on_health: Callable[[str], None] = lambda name: None
     inventory: ClusterInventory = field(default_factory=ClusterInventory)
     job_pods: dict[JobKey, dict[str, Obj]] = field(default_factory=dict)
+    service_pods: dict[JobKey, dict[str, Obj]] = field(default_factory=dict)
     health: Health = field(default_factory=Health)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _synced: set[str] = field(default_factory=set)
@@ -94,6 +100,10 @@ class Member:
     def pods_of(self, key: JobKey) -> dict[str, Obj]:
         return self.job_pods.get(key, {})
 
+    def replicas_of(self, key: JobKey) -> dict[str, Obj]:
+        """The server pods of an InferenceService (namespace, name) in this member."""
+        return self.service_pods.get(key, {})
+
     async def _watch_nodes(self) -> None:
         def reset(items: list[Obj]) -> None:
             self.inventory.nodes.clear()
@@ -111,36 +121,51 @@ class Member:
     async def _watch_pods(self) -> None:
         def reset(items: list[Obj]) -> None:
             touched = set(self.job_pods)
+            served = set(self.service_pods)
             self.inventory.pods.clear()
             self.inventory.used.clear()
             self.job_pods.clear()
+            self.service_pods.clear()
             for p in items:
                 self._apply_pod("ADDED", p)
             self._synced.add("pods")
             for key in touched | set(self.job_pods):
                 self.on_job_pods(key)
+            for key in served | set(self.service_pods):
+                self.on_service_pods(key)
             self.on_capacity(self.name)
 
         def event(kind: str, obj: Obj) -> None:
-            key = self._apply_pod(kind, obj)
-            if key:
-                self.on_job_pods(key)
+            job, service = self._apply_pod(kind, obj)
+            if job:
+                self.on_job_pods(job)
+            if service:
+                self.on_service_pods(service)
             self.on_capacity(self.name)
 
         await run_informer(self.client, paths.pods(), reset, event, self._health_changed("pods"))
 
-    def _apply_pod(self, kind: str, obj: Obj) -> JobKey | None:
+    def _apply_pod(self, kind: str, obj: Obj) -> tuple[JobKey | None, JobKey | None]:
+        """Account the pod; the job (if a worker) or the service (if a server) it belongs to."""
         self.inventory.apply_pod(kind, obj)
+        job = self._group(self.job_pods, JOB_LABEL, kind, obj)
+        service = None if job else self._group(self.service_pods, ISVC_LABEL, kind, obj)
+        return job, service
+
+    @staticmethod
+    def _group(
+        groups: dict[JobKey, dict[str, Obj]], label: str, kind: str, obj: Obj
+    ) -> JobKey | None:
         meta = obj["metadata"]
         labels = meta.get("labels") or {}
-        if labels.get(MANAGED_BY) != "kaon" or JOB_LABEL not in labels:
+        if labels.get(MANAGED_BY) != "kaon" or label not in labels:
             return None
-        key = (meta["namespace"], labels[JOB_LABEL])
-        pods = self.job_pods.setdefault(key, {})
+        key = (meta["namespace"], labels[label])
+        pods = groups.setdefault(key, {})
         if kind == "DELETED":
             pods.pop(meta["name"], None)
             if not pods:
-                del self.job_pods[key]
+                del groups[key]
         else:
             pods[meta["name"]] = slim_pod(obj)
         return key

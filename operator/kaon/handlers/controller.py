@@ -18,12 +18,13 @@ from pydantic import ValidationError
 from kaon.api.common import now_rfc3339
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import JobPlacement, TrainingJobSpec, TrainingJobStatus
-from kaon.builders.names import ATTEMPT_LABEL, FINALIZER, RANK_LABEL
+from kaon.builders.names import ATTEMPT_LABEL, FINALIZER, RANK_LABEL, artifact_uri
 from kaon.clusters.client import KubeClient, Obj
 from kaon.clusters.member import JobKey
 from kaon.handlers import hubio
 from kaon.handlers.fleet import Fleet, Reservation
 from kaon.handlers.jobcache import JobCache, job_key
+from kaon.handlers.services import ServiceController
 from kaon.handlers.workers import WorkerOps
 from kaon.handlers.workqueue import WorkQueue
 from kaon.lifecycle import Fail, JobView, Launch, Observe, Restart, Succeed, next_action
@@ -56,6 +57,10 @@ class Controller:
         self.fleet = Fleet(hub, hub_kubeconfig, settings, self._job_pods_changed, self._capacity)
         self.queue: WorkQueue[JobKey] = WorkQueue(self.reconcile, workers=32)
         self.workers = WorkerOps(self.fleet, settings)
+        self.services = ServiceController(
+            hub, self.fleet, settings, self.jobs, self.reservations, self.workers.ensure_namespace
+        )
+        self.fleet.on_service_pods = self.services.pods_changed
         self._placement_wanted = asyncio.Event()
         self._not_before: dict[JobKey, float] = {}
         self._expected: dict[JobKey, dict[tuple[int, int], float]] = {}
@@ -68,6 +73,7 @@ class Controller:
 
     def start(self) -> None:
         self.queue.start()
+        self.services.start()
         self._tasks.append(asyncio.create_task(self._placement_loop(), name="placement"))
 
     async def stop(self) -> None:
@@ -75,6 +81,7 @@ class Controller:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.stop()
+        await self.services.stop()
         await self.fleet.stop()
 
     def job_event(self, kind: str, body: Obj) -> None:
@@ -83,9 +90,10 @@ class Controller:
             self.jobs.deleted(key)
             self._forget(key)
             self.want_placement()
-            return
-        self.jobs.observed(body)
-        self.queue.add(key)
+        else:
+            self.jobs.observed(body)
+            self.queue.add(key)
+        self.services.job_changed(key)
 
     def _forget(self, key: JobKey) -> None:
         for memo in (
@@ -215,7 +223,10 @@ class Controller:
             charged = "charged to backoffLimit" if action.charged else "not charged"
             await self._event(body, "Warning", "GangRestarted", f"{action.message} ({charged})")
         elif isinstance(action, Succeed):
-            await self._patch(body, transitions.succeeded(status, action, gen, now))
+            claim = spec.checkpoint.claim_name
+            # On a claim, the artifact is named where servers mount it, not where it was written.
+            uri = artifact_uri(claim, key[1]) if claim else None
+            await self._patch(body, transitions.succeeded(status, action, gen, now, uri))
             await self._event(body, "Normal", "Succeeded", "all workers exited 0")
             self.want_placement()
         elif isinstance(action, Fail):

@@ -55,6 +55,7 @@ class Fleet:
     settings: Settings
     on_job_pods: Callable[[JobKey], None]
     on_capacity: Callable[[str], None]
+    on_service_pods: Callable[[JobKey], None] = lambda key: None
     clusters: dict[str, Registered] = field(default_factory=dict)
 
     async def upsert(self, body: Obj) -> None:
@@ -83,6 +84,7 @@ class Fleet:
             name,
             client,
             on_job_pods=self.on_job_pods,
+            on_service_pods=self.on_service_pods,
             on_capacity=self.on_capacity,
             on_health=self.on_capacity,
         )

@@ -62,6 +62,11 @@ async def trainingjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> 
     memo.controller.job_event(event["type"] or "ADDED", event["object"])
 
 
+@kopf.on.event(GROUP, VERSION, "inferenceservices")
+async def inferenceservice_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.controller.services.service_event(event["type"] or "ADDED", event["object"])
+
+
 @kopf.on.event(GROUP, VERSION, "computeclusters")
 async def computecluster_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     body: dict[str, Any] = dict(event["object"])

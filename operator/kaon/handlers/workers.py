@@ -23,7 +23,7 @@ class WorkerOps:
         self.settings = settings
         self._namespaces: dict[str, set[str]] = {}
 
-    async def _ensure_namespace(self, member: Member, ns: str) -> None:
+    async def ensure_namespace(self, member: Member, ns: str) -> None:
         known = self._namespaces.setdefault(member.name, set())
         if ns in known:
             return
@@ -51,7 +51,7 @@ class WorkerOps:
             meta["namespace"], meta["name"], meta["uid"], dict(meta.get("annotations") or {})
         )
         try:
-            await self._ensure_namespace(member, job.namespace)
+            await self.ensure_namespace(member, job.namespace)
             await member.client.create_or_get(
                 paths.services(job.namespace), rendezvous_service(job, self.settings)
             )

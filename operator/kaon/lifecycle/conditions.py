@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar, cast
+
+from pydantic import BaseModel
+
 from kaon.api.common import Condition
+
+S = TypeVar("S", bound=BaseModel)  # a status model with `conditions` and `observed_generation`
 
 
 def set_condition(
@@ -26,3 +32,17 @@ def set_condition(
         observed_generation=generation,
     )
     return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]
+
+
+def with_condition(
+    status: S, type_: str, value: bool, reason: str, message: str, gen: int, now: str
+) -> S:
+    """The status with one condition set (see set_condition)."""
+    current: list[Condition] = cast(Any, status).conditions
+    conditions = set_condition(current, type_, value, reason, message, gen, now)
+    return status.model_copy(update={"conditions": conditions})
+
+
+def with_generation(status: S, gen: int, **changes: object) -> S:
+    """The status with changes, as observed at generation `gen`."""
+    return status.model_copy(update={"observed_generation": gen, **changes})

@@ -7,27 +7,14 @@ import json
 from pydantic import ValidationError
 
 from kaon.api.trainingjob import JobPlacement, Progress, TrainingJobStatus, WorkerCounts
-from kaon.lifecycle.conditions import set_condition
+from kaon.lifecycle.conditions import with_condition, with_generation
 from kaon.lifecycle.decide import Observe, Restart, Succeed
 
 TERMINAL = ("Succeeded", "Failed")
 
 
-def _with(status: TrainingJobStatus, gen: int, **changes: object) -> TrainingJobStatus:
-    return status.model_copy(update={"observed_generation": gen, **changes})
-
-
-def _cond(
-    status: TrainingJobStatus,
-    type_: str,
-    value: bool,
-    reason: str,
-    message: str,
-    gen: int,
-    now: str,
-) -> TrainingJobStatus:
-    conditions = set_condition(status.conditions, type_, value, reason, message, gen, now)
-    return status.model_copy(update={"conditions": conditions})
+_with = with_generation
+_cond = with_condition
 
 
 def waiting(
@@ -118,8 +105,11 @@ def parse_result(message: str) -> tuple[dict[str, float], str | None]:
     return metrics, artifact if isinstance(artifact, str) else None
 
 
-def succeeded(s: TrainingJobStatus, done: Succeed, gen: int, now: str) -> TrainingJobStatus:
+def succeeded(
+    s: TrainingJobStatus, done: Succeed, gen: int, now: str, artifact_uri: str | None = None
+) -> TrainingJobStatus:
     metrics, artifact = parse_result(done.message)
+    artifact = artifact_uri or artifact
     s = _cond(s, "Running", False, "Completed", "all workers exited 0", gen, now)
     s = _cond(s, "Succeeded", True, "Completed", "training finished", gen, now)
     last = parse_progress(done.progress) or s.progress or Progress()

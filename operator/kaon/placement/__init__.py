@@ -1,7 +1,7 @@
 """Pure placement decisions: which cluster and pool take a whole gang, or why none can."""
 
 from kaon.placement.decide import decide, plan
-from kaon.placement.demand import gang_demand, preferences
+from kaon.placement.demand import gang_demand, preferences, replica_demand
 from kaon.placement.model import (
     GangDemand,
     Outcome,
@@ -11,6 +11,7 @@ from kaon.placement.model import (
     Unplaceable,
     Waiting,
 )
+from kaon.placement.serving import ServicePlan, place_service
 
 __all__ = [
     "GangDemand",
@@ -18,10 +19,13 @@ __all__ = [
     "Placed",
     "PoolOffer",
     "Preference",
+    "ServicePlan",
     "Unplaceable",
     "Waiting",
     "decide",
     "gang_demand",
+    "place_service",
     "plan",
     "preferences",
+    "replica_demand",
 ]

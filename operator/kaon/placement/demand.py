@@ -1,30 +1,53 @@
-"""A TrainingJob's spec as a gang demand."""
+"""TrainingJob and InferenceService specs as placement demands."""
 
 from __future__ import annotations
 
-from kaon.api.trainingjob import TrainingJobSpec
+from collections.abc import Sequence
+
+from kaon.api.inferenceservice import InferenceServiceSpec
+from kaon.api.trainingjob import PoolPreference, TrainingJobSpec, WorkerResources
 from kaon.clusters.resources import Resources
 from kaon.placement.model import GangDemand, Preference
 
 
-def preferences(spec: TrainingJobSpec) -> tuple[Preference, ...]:
-    """The ordered pool preferences, or the default: GPU pools for a GPU job, else CPU pools."""
-    given = spec.placement.pool_preferences
+def pool_preferences(
+    given: Sequence[PoolPreference], resources: WorkerResources
+) -> tuple[Preference, ...]:
+    """The ordered pool preferences, or the default: GPU pools for pods asking for GPUs, else
+    CPU pools."""
     if given:
         return tuple(Preference(p.type, p.accelerator, p.pool) for p in given)
-    if spec.resources.gpus > 0:
-        return (Preference("gpu", spec.resources.gpu_type),)
+    if resources.gpus > 0:
+        return (Preference("gpu", resources.gpu_type),)
     return (Preference("cpu"),)
 
 
+def preferences(spec: TrainingJobSpec) -> tuple[Preference, ...]:
+    return pool_preferences(spec.placement.pool_preferences, spec.resources)
+
+
+def per_pod(resources: WorkerResources) -> Resources:
+    return Resources.of(resources.cpu, resources.memory, resources.gpus, 1)
+
+
 def gang_demand(key: str, spec: TrainingJobSpec, created: str = "") -> GangDemand:
-    r = spec.resources
     return GangDemand(
         key=key,
         workers=spec.workers,
-        per_worker=Resources.of(r.cpu, r.memory, r.gpus, 1),
+        per_worker=per_pod(spec.resources),
         preferences=preferences(spec),
         cluster_selector=spec.placement.cluster_selector,
         priority=spec.run_policy.priority,
         created=created,
+    )
+
+
+def replica_demand(key: str, spec: InferenceServiceSpec) -> GangDemand:
+    """One server replica as a gang of one: the pool must hold at least one replica now."""
+    return GangDemand(
+        key=key,
+        workers=1,
+        per_worker=per_pod(spec.resources),
+        preferences=pool_preferences(spec.placement.pool_preferences, spec.resources),
+        cluster_selector=spec.placement.cluster_selector,
     )

@@ -4,10 +4,13 @@ A development tool for the rig, not for production. It registers one Node that k
 manage (no `kwok.x-k8s.io/node: fake` annotation), keeps its Lease and Ready condition fresh,
 watches the pods bound to it and runs each pod's single container as a process of this machine
 with the environment, arguments and working directory the pod asks for (see `podrun` for the
-path, DNS and port mapping). The container's output goes to `<pod dir>/<container>.log`; its
-exit code and termination message end up in the pod's status, as a kubelet would report them.
-Deleting the pod sends SIGTERM to the process group, then SIGKILL after the grace period.
-Images, probes, resource limits and `kubectl logs` are not supported.
+path, DNS and port mapping), on an IP address of its own (`podnet`). Its startup, readiness and
+liveness probes run as a kubelet runs them (`probes`, `prober`): the pod is Ready, and so listed
+as ready in its Services' EndpointSlices, when they say so, and a container that fails liveness
+is restarted. The container's output goes to `<pod dir>/<container>.log`; its exit code and
+termination message end up in the pod's status (`podproc`, `podstatus`). Deleting the pod sends
+SIGTERM to the process group, then SIGKILL after the grace period. Images, gRPC probes, resource
+limits, `kubectl logs`/`exec` and pods of several containers are not supported.
 """
 
 from __future__ import annotations
@@ -19,19 +22,21 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, KubeClient, Obj
 from kaon.clusters.informer import run_informer
-from kaon.rig import podrun
+from kaon.rig import podnet, podrun, prober
 from kaon.rig.config import POOL_LABEL, RigPool
+from kaon.rig.podproc import PodProcess, pod_dir
 
 log = logging.getLogger("kaon.rig.agent")
 
@@ -39,8 +44,6 @@ AGENT_LABEL = "kaon.dev/agent"
 AGENT_TAINT = {"key": AGENT_LABEL, "value": "true", "effect": "NoSchedule"}
 HEARTBEAT_S = 10.0
 LEASE_S = 40
-MAX_MESSAGE = 4096
-LOG_TAIL_LINES = 80
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -62,13 +65,18 @@ def _capacity(pool: RigPool) -> dict[str, str]:
     return {"cpu": pool.cpu, "memory": pool.memory, "pods": str(pool.pods)}
 
 
-def pod_dir(work_dir: Path, meta: Obj) -> Path:
-    """Where the agent keeps one pod's volumes, log, pid and termination message."""
-    return work_dir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
+def _addresses(node: str) -> list[Obj]:
+    return [
+        {"type": "InternalIP", "address": podnet.NODE_IP},
+        {"type": "Hostname", "address": node},
+    ]
 
 
-def agent_node(node: str, pool: RigPool) -> Obj:
+def agent_node(node: str, pool: RigPool, pod_cidr: IPv4Network | None = None) -> Obj:
     capacity = _capacity(pool)
+    spec: Obj = {"taints": [AGENT_TAINT]}
+    if pod_cidr is not None:
+        spec |= {"podCIDR": str(pod_cidr), "podCIDRs": [str(pod_cidr)]}
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -82,12 +90,16 @@ def agent_node(node: str, pool: RigPool) -> Obj:
                 "kubernetes.io/arch": "amd64",
             },
         },
-        "spec": {"taints": [AGENT_TAINT]},
-        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+        "spec": spec,
+        "status": {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
+            "addresses": _addresses(node),
+        },
     }
 
 
-def _node_status(pool: RigPool) -> Obj:
+def _node_status(node: str, pool: RigPool) -> Obj:
     now = _now()
     capacity = _capacity(pool)
     ready = {
@@ -103,187 +115,21 @@ def _node_status(pool: RigPool) -> Obj:
             "capacity": capacity,
             "allocatable": dict(capacity),
             "conditions": [ready],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "addresses": _addresses(node),
             "nodeInfo": {"kubeletVersion": "kaon-agent", "operatingSystem": "linux"},
         }
     }
 
 
-def exit_code(returncode: int) -> int:
-    """A signal death as a shell (and a kubelet) reports it: 128 + signal number."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def termination_message(run: podrun.LocalRun, log_file: Path, code: int) -> str:
-    try:
-        message = run.termination_log.read_text(errors="replace")[:MAX_MESSAGE]
-    except OSError:
-        message = ""
-    if not message.strip() and run.fallback_to_logs and code != 0:
-        with contextlib.suppress(OSError):
-            lines = log_file.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-            message = "\n".join(lines)[-2048:]
-    return message
-
-
-class PodProcess:
-    """One pod's container, run as a local process from start to its final status."""
-
-    def __init__(self, agent: Agent, pod: Obj) -> None:
-        self.agent = agent
-        self.pod = pod
-        meta = pod["metadata"]
-        self.ns, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
-        self.dir = pod_dir(agent.work_dir, meta)
-        self.restarts = 0
-        self.proc: asyncio.subprocess.Process | None = None
-        self.deleting = False
-        self.grace_s = podrun.DEFAULT_GRACE_S
-        self.task = asyncio.create_task(self._run(), name=f"pod-{self.ns}/{self.name}")
-
-    async def _run(self) -> None:
-        started = _now()
-        try:
-            run = await self._plan()
-        except podrun.PodRunError as err:
-            await self._finish(None, err.reason, str(err), started)
-            return
-        except ApiError as err:
-            await self._finish(None, "CreateContainerConfigError", str(err), started)
-            return
-        self.grace_s = run.grace_s
-        policy = (self.pod.get("spec") or {}).get("restartPolicy", "Always")
-        while not self.deleting:
-            code, message = await self._execute(run)
-            again = policy == "Always" or (policy == "OnFailure" and code != 0)
-            if self.deleting or not again:
-                await self._finish(code, "Completed" if code == 0 else "Error", message, started)
-                return
-            self.restarts += 1
-            await asyncio.sleep(min(30.0, 2.0**self.restarts))
-        await self._finish(None, "Killed", "pod deleted before its container started", started)
-
-    async def _plan(self) -> podrun.LocalRun:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        volumes = await self.agent.volume_dirs(self.pod, self.dir)
-        lookup = await self.agent.prefetch(self.pod)
-        key = podrun.rendezvous_key(self.pod)
-        port = self.agent.ports.setdefault(key, free_port()) if key else None
-        machine = podrun.Machine(
-            pod_dir=self.dir,
-            python=sys.executable,
-            api_host=self.agent.api_host,
-            api_port=self.agent.api_port,
-            base_env={k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ")},
-        )
-        return podrun.plan(self.pod, machine, volumes, lookup, port)
-
-    async def _execute(self, run: podrun.LocalRun) -> tuple[int, str]:
-        cname = podrun.container(self.pod)["name"]
-        log_file = self.dir / f"{cname}.log"
-        run.termination_log.write_text("")
-        with log_file.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                *run.argv,
-                cwd=run.cwd,
-                env=run.env,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        (self.dir / "pid").write_text(f"{self.proc.pid}\n")
-        if self.deleting:
-            self.signal(signal.SIGTERM)
-        await self.agent.patch_status(self.pod, self._running(cname))
-        code = exit_code(await self.proc.wait())
-        return code, termination_message(run, log_file, code)
-
-    def _running(self, cname: str) -> Obj:
-        now = _now()
-        conditions = [
-            {"type": t, "status": "True", "lastTransitionTime": now}
-            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
-        ]
-        return {
-            "phase": "Running",
-            "hostIP": "127.0.0.1",
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
-            "startTime": now,
-            "conditions": conditions,
-            "containerStatuses": [
-                {
-                    "name": cname,
-                    "ready": True,
-                    "started": True,
-                    "restartCount": self.restarts,
-                    "image": podrun.container(self.pod).get("image", ""),
-                    "imageID": "",
-                    "state": {"running": {"startedAt": now}},
-                }
-            ],
-        }
-
-    async def _finish(self, code: int | None, reason: str, message: str, started: str) -> None:
-        containers = (self.pod.get("spec") or {}).get("containers") or [{}]
-        cname = containers[0].get("name", "")
-        terminated = {
-            "exitCode": 128 + signal.SIGKILL if code is None else code,
-            "reason": reason,
-            "message": message,
-            "startedAt": started,
-            "finishedAt": _now(),
-        }
-        phase = "Succeeded" if code == 0 else "Failed"
-        status = {
-            "phase": phase,
-            "conditions": [
-                {
-                    "type": t,
-                    "status": "False",
-                    "reason": "PodCompleted",
-                    "lastTransitionTime": _now(),
-                }
-                for t in ("ContainersReady", "Ready")
-            ],
-            "containerStatuses": [
-                {
-                    "name": cname,
-                    "ready": False,
-                    "restartCount": self.restarts,
-                    "image": "",
-                    "imageID": "",
-                    "state": {"terminated": terminated},
-                }
-            ],
-        }
-        if code is None and reason != "Killed":
-            status["reason"], status["message"] = reason, message
-        await self.agent.patch_status(self.pod, status)
-        log.info("pod %s/%s ended: %s (exit %s)", self.ns, self.name, reason, code)
-        if self.deleting:
-            await self.agent.remove(self.pod)
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-
-    async def stop(self) -> None:
-        """The pod is being deleted: SIGTERM, then SIGKILL once the grace period is over."""
-        if self.deleting:
-            return
-        self.deleting = True
-        self.signal(signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.task), self.grace_s)
-        self.signal(signal.SIGKILL)
-
-
 class Agent:
     def __init__(
-        self, client: KubeClient, node: str, pool: RigPool, work_dir: Path, ca_data: bytes
+        self,
+        client: KubeClient,
+        node: str,
+        pool: RigPool,
+        work_dir: Path,
+        ca_data: bytes,
+        pod_subnet: IPv4Network | None = None,
     ) -> None:
         self.client = client
         self.node = node
@@ -294,6 +140,8 @@ class Agent:
         self.api_host, _, self.api_port = server.rpartition(":")
         self.pods: dict[str, PodProcess] = {}
         self.ports: dict[tuple[str, str, str], int] = {}
+        self.addresses = podnet.AddressPool(pod_subnet or podnet.node_subnet(node))
+        self._http: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -304,9 +152,18 @@ class Agent:
     # --- the node -------------------------------------------------------------------------
 
     async def register(self) -> None:
-        await self.client.create_or_get(paths.nodes(), agent_node(self.node, self.pool))
+        subnet = self.addresses.subnet
+        node = await self.client.create_or_get(
+            paths.nodes(), agent_node(self.node, self.pool, subnet)
+        )
+        if not (node.get("spec") or {}).get("podCIDR"):  # registered by an older agent
+            with contextlib.suppress(ApiError):
+                await self.client.merge_patch(
+                    f"{paths.nodes()}/{self.node}",
+                    {"spec": {"podCIDR": str(subnet), "podCIDRs": [str(subnet)]}},
+                )
         await self.client.merge_patch(
-            f"{paths.nodes()}/{self.node}/status", _node_status(self.pool)
+            f"{paths.nodes()}/{self.node}/status", _node_status(self.node, self.pool)
         )
 
     async def heartbeat(self) -> None:
@@ -314,7 +171,7 @@ class Agent:
             try:
                 await self._renew_lease()
                 await self.client.merge_patch(
-                    f"{paths.nodes()}/{self.node}/status", _node_status(self.pool)
+                    f"{paths.nodes()}/{self.node}/status", _node_status(self.node, self.pool)
                 )
             except ApiError as exc:
                 if exc.not_found:
@@ -344,7 +201,7 @@ class Agent:
         seen = {p["metadata"]["uid"] for p in items}
         for uid, proc in list(self.pods.items()):
             if uid not in seen:
-                proc.signal(signal.SIGKILL)
+                proc.kill()
                 self.pods.pop(uid, None)
         for pod in items:
             self.on_event("ADDED", pod)
@@ -354,13 +211,14 @@ class Agent:
         running = self.pods.get(uid)
         if kind == "DELETED":
             if running is not None:
-                running.signal(signal.SIGKILL)
+                running.kill()
                 self.pods.pop(uid, None)
             return
         phase = (pod.get("status") or {}).get("phase", "Pending")
         if pod["metadata"].get("deletionTimestamp"):
             if running is not None:
-                self._spawn(running.stop())
+                grace = pod["metadata"].get("deletionGracePeriodSeconds")
+                self._spawn(running.stop(None if grace is None else float(grace)))
             elif phase in TERMINAL or phase == "Pending":
                 self._spawn(self.remove(pod))
             return
@@ -394,6 +252,27 @@ class Agent:
             if not exc.not_found:
                 log.warning("status of %s/%s: %s", meta["namespace"], meta["name"], exc)
 
+    def pod_ip(self, pod: Obj) -> str:
+        """The pod's own address (the node's, for a pod on the host's network)."""
+        if (pod.get("spec") or {}).get("hostNetwork"):
+            return podnet.NODE_IP
+        try:
+            return self.addresses.allocate(pod["metadata"]["uid"])
+        except RuntimeError as err:
+            raise podrun.PodRunError("PodIPExhausted", str(err)) from err
+
+    def release_ip(self, uid: str) -> None:
+        self.addresses.release(uid)
+
+    def rendezvous_port(self, key: tuple[str, str, str]) -> int:
+        return self.ports.setdefault(key, free_port())
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """The probes' HTTP client, shared by every pod of the agent."""
+        if self._http is None:
+            self._http = prober.http_session()
+        return self._http
+
     async def remove(self, pod: Obj) -> None:
         """Finish a deletion the way a kubelet does once the containers have stopped."""
         meta = pod["metadata"]
@@ -407,7 +286,7 @@ class Agent:
 
     # --- what a pod's container sees ------------------------------------------------------
 
-    async def volume_dirs(self, pod: Obj, pod_dir: Path) -> dict[str, Path]:
+    async def volume_dirs(self, pod: Obj, pod_dir: Path, pod_ip: str) -> dict[str, Path]:
         out: dict[str, Path] = {}
         ns = pod["metadata"]["namespace"]
         for name, vol in podrun.volume_sources(pod).items():
@@ -419,7 +298,7 @@ class Agent:
                 out[name] = Path(vol["hostPath"]["path"])
             elif {"projected", "configMap", "secret", "downwardAPI"} & vol.keys():
                 out[name] = pod_dir / "volumes" / name
-                await self._materialize(pod, vol, out[name])
+                await self._materialize(pod, vol, out[name], pod_ip)
             else:
                 kinds = ", ".join(k for k in vol if k != "name")
                 raise podrun.PodRunError("UnsupportedVolume", f"volume {name}: {kinds}")
@@ -438,16 +317,16 @@ class Agent:
                     return Path(spec[kind]["path"])
         return self.work_dir / "claims" / ns / claim
 
-    async def _materialize(self, pod: Obj, vol: Obj, target: Path) -> None:
+    async def _materialize(self, pod: Obj, vol: Obj, target: Path, pod_ip: str) -> None:
         target.mkdir(parents=True, exist_ok=True)
         sources: list[Obj] = (vol.get("projected") or {}).get("sources") or [vol]
         for src in sources:
-            for path, data in (await self._source_files(pod, src)).items():
+            for path, data in (await self._source_files(pod, src, pod_ip)).items():
                 file = target / path
                 file.parent.mkdir(parents=True, exist_ok=True)
                 file.write_bytes(data)
 
-    async def _source_files(self, pod: Obj, src: Obj) -> dict[str, bytes]:
+    async def _source_files(self, pod: Obj, src: Obj, pod_ip: str) -> dict[str, bytes]:
         ns = pod["metadata"]["namespace"]
         if "serviceAccountToken" in src:
             return {src["serviceAccountToken"]["path"]: (await self._token(pod, src)).encode()}
@@ -465,7 +344,7 @@ class Agent:
         if "downwardAPI" in src:
             return {
                 item["path"]: podrun.field_value(
-                    pod, item["fieldRef"]["fieldPath"], "127.0.0.1"
+                    pod, item["fieldRef"]["fieldPath"], podnet.NODE_IP, pod_ip
                 ).encode()
                 for item in src["downwardAPI"].get("items") or []
                 if "fieldRef" in item
@@ -545,7 +424,9 @@ class Agent:
         finally:
             beat.cancel()
             for proc in list(self.pods.values()):
-                proc.signal(signal.SIGKILL)
+                proc.kill()
+            if self._http is not None:
+                await self._http.close()
 
 
 def _items(ref: Obj, data: dict[str, str] | None, decode: Any) -> dict[str, bytes]:
@@ -561,7 +442,9 @@ async def serve(kubeconfig: Path, node: str, pool: RigPool, work_dir: Path) -> N
     """Run the agent until SIGTERM/SIGINT; its pods' processes are killed on the way out."""
     client = KubeClient.from_file(kubeconfig)
     ca = _kubeconfig_ca(kubeconfig)
-    agent = Agent(client, node, pool, work_dir, ca)
+    subnet, routed = podnet.claim_subnet(node)
+    log.info("pods of %s get addresses from %s", node, subnet)
+    agent = Agent(client, node, pool, work_dir, ca, subnet)
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -572,6 +455,8 @@ async def serve(kubeconfig: Path, node: str, pool: RigPool, work_dir: Path) -> N
         pass
     finally:
         await client.close()
+        if routed:
+            podnet.release_subnet(subnet)
 
 
 def _kubeconfig_ca(kubeconfig: Path) -> bytes:

@@ -2,11 +2,13 @@
 
 A pod names container paths (volume mounts, its termination message file); the agent gives each
 a directory or file on this machine and rewrites every environment value, argument and working
-directory that points into one of them. Names of the cluster's DNS for pods behind a headless
-Service become 127.0.0.1 (all pods of the agent share this machine's loopback), and the
-torchrun rendezvous port `MASTER_PORT` becomes a free local port shared by the pods of one
-Service and attempt, so two gangs never collide. `python`/`python3` run as the agent's own
-interpreter, which has the kaon runtime installed; the image itself is never pulled.
+directory that points into one of them. Each pod has an IP of its own (`podnet`), which the
+downward API (`status.podIP`) hands to the container. Names of the cluster's DNS for pods behind a
+headless Service become 127.0.0.1, where a gang's rendezvous is found (torch's store listens on
+every local address), and the torchrun rendezvous port `MASTER_PORT` becomes a free local port
+shared by the pods of one Service and attempt, so two gangs never collide. `python`/`python3` run
+as the agent's own interpreter, which has the kaon runtime installed; the image itself is never
+pulled.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ class LocalRun:
     termination_log: Path
     fallback_to_logs: bool  # terminationMessagePolicy FallbackToLogsOnError
     grace_s: float
+    mounts: tuple[tuple[str, Path], ...] = ()
+    python: str = "python"
+
+    def local_argv(self, words: list[str]) -> list[str]:
+        """Another command of this container (an exec probe's), mapped as its own command."""
+        return local_argv(words, self.env, list(self.mounts), self.python)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class Machine:
     api_port: str
     base_env: Mapping[str, str]
     node_ip: str = "127.0.0.1"
+    pod_ip: str = "127.0.0.1"
 
 
 def container(pod: Obj) -> Obj:
@@ -98,7 +107,7 @@ def remap(value: str, table: list[tuple[str, Path]]) -> str:
     return value
 
 
-def field_value(pod: Obj, path: str, node_ip: str) -> str:
+def field_value(pod: Obj, path: str, node_ip: str, pod_ip: str) -> str:
     meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     simple = {
         "metadata.name": meta.get("name", ""),
@@ -108,8 +117,8 @@ def field_value(pod: Obj, path: str, node_ip: str) -> str:
         "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
         "status.hostIP": node_ip,
         "status.hostIPs": node_ip,
-        "status.podIP": node_ip,
-        "status.podIPs": node_ip,
+        "status.podIP": pod_ip,
+        "status.podIPs": pod_ip,
     }
     if path in simple:
         return str(simple[path])
@@ -170,7 +179,7 @@ def container_env(pod: Obj, machine: Machine, lookup: Lookup) -> dict[str, str]:
             continue
         value: str | None
         if "fieldRef" in frm:
-            value = field_value(pod, frm["fieldRef"]["fieldPath"], machine.node_ip)
+            value = field_value(pod, frm["fieldRef"]["fieldPath"], machine.node_ip, machine.pod_ip)
         elif "resourceFieldRef" in frm:
             value = resource_value(c, frm["resourceFieldRef"])
         elif "configMapKeyRef" in frm:
@@ -221,10 +230,7 @@ def plan(
             "KUBERNETES_SERVICE_PORT": machine.api_port,
         }
     env |= own
-    argv = [_expand(x, env) for x in command + [str(a) for a in c.get("args") or []]]
-    argv = [remap(a, table) for a in argv]
-    if argv[0] in PYTHONS:
-        argv[0] = machine.python
+    argv = local_argv(command + [str(a) for a in c.get("args") or []], env, table, machine.python)
     workdir = c.get("workingDir")
     grace = spec.get("terminationGracePeriodSeconds")
     return LocalRun(
@@ -234,7 +240,19 @@ def plan(
         termination_log=machine.pod_dir / "termination-log",
         fallback_to_logs=c.get("terminationMessagePolicy") == "FallbackToLogsOnError",
         grace_s=float(DEFAULT_GRACE_S if grace is None else grace),
+        mounts=tuple(table),
+        python=machine.python,
     )
+
+
+def local_argv(
+    words: list[str], env: Mapping[str, str], table: list[tuple[str, Path]], python: str
+) -> list[str]:
+    """`$(VAR)` expanded, paths inside mounts remapped, `python` as the agent's interpreter."""
+    argv = [remap(_expand(w, env), table) for w in words]
+    if argv and argv[0] in PYTHONS:
+        argv[0] = python
+    return argv
 
 
 def rendezvous_key(pod: Obj) -> tuple[str, str, str] | None:

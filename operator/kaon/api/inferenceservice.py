@@ -1,0 +1,221 @@
+"""InferenceService: replicas of the V2 model server, placed on pools of one or more clusters."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.config import JsonDict
+
+from kaon.api.common import (
+    Condition,
+    DNSLabel,
+    LabelSelector,
+    ShortString,
+    conditions_field,
+)
+from kaon.api.trainingjob import PoolPreference, WorkerResources
+from kaon_kernels.config import Spec, cel
+
+DEFAULT_OBJECT: JsonDict = {"default": {}}
+PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?$"
+
+
+class TrainingJobRef(Spec):
+    """A TrainingJob of the same namespace whose artifact is served."""
+
+    name: DNSLabel = Field(description="Name of the TrainingJob.")
+
+
+class ModelSource(Spec):
+    """Where the model artifact comes from: exactly one of trainingJobRef and uri."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.trainingJobRef) != has(self.uri)",
+                    "set exactly one of trainingJobRef and uri",
+                    ".uri",
+                )
+            ]
+        }
+    )
+
+    training_job_ref: TrainingJobRef | None = Field(
+        default=None,
+        description="Serve what this TrainingJob saved; it must have succeeded with "
+        "spec.checkpoint.claimName set (the artifact lives on that claim).",
+    )
+    uri: Annotated[str, Field(max_length=253, pattern=PVC_URI_PATTERN)] | None = Field(
+        default=None,
+        description="pvc://CLAIM/PATH: a kaon model artifact directory on a "
+        "PersistentVolumeClaim, mounted read-only by each replica.",
+    )
+
+
+class Replicas(Spec):
+    """How many server replicas run, in all clusters together."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.min <= self.max", "min must not exceed max", ".min")
+            ]
+        }
+    )
+
+    min: int = Field(default=1, ge=1, le=256, description="Fewest replicas, also when idle.")
+    max: int = Field(default=1, ge=1, le=256, description="Most replicas under load.")
+
+
+class Autoscaling(Spec):
+    """How replicas follow load, read from the servers' own load reports."""
+
+    target_concurrency: float = Field(
+        default=8.0,
+        gt=0,
+        le=10_000,
+        description="In-flight requests per replica to aim for: replicas = ceil(total in-flight "
+        "/ target), between replicas.min and replicas.max.",
+    )
+    scale_down_delay_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86_400,
+        description="Replicas are removed only this long after the last scaling.",
+    )
+
+
+class Batching(Spec):
+    """Dynamic batching in each server: concurrent requests merged into one forward pass."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Most samples per batch.")
+    max_latency_ms: int = Field(
+        default=5, ge=0, le=10_000, description="Longest wait for a batch to fill."
+    )
+
+
+class ServingPlacement(Spec):
+    """Where replicas may run: ordered pool preferences, spread over clusters."""
+
+    pool_preferences: list[PoolPreference] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Pools to try in order in each cluster (e.g. GPU, else CPU). When empty: "
+        "GPU pools when resources.gpus > 0, else CPU pools.",
+    )
+    cluster_selector: LabelSelector | None = Field(
+        default=None, description="Only member clusters whose ComputeCluster labels match."
+    )
+    clusters: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Spread the replicas over this many clusters (at least one replica each) "
+        "for availability; a cluster that stops answering is replaced.",
+    )
+
+
+class Canary(Spec):
+    """A second revision of the model that takes a share of the traffic."""
+
+    model: ModelSource = Field(description="The canary's model.")
+    traffic_percent: int = Field(
+        ge=0,
+        le=100,
+        description="Share of requests for the canary, honoured as the share of replicas behind "
+        "the one Service; status.canary says the share in effect.",
+    )
+
+
+class InferenceServiceSpec(Spec):
+    """What model to serve, how many replicas, where, and how requests are batched."""
+
+    model: ModelSource = Field(description="The model to serve (the stable revision).")
+    resources: WorkerResources = Field(
+        default_factory=WorkerResources,
+        description="Resources of each replica.",
+        json_schema_extra=DEFAULT_OBJECT,
+    )
+    replicas: Replicas = Field(
+        default_factory=Replicas,
+        description="Replica bounds over all clusters.",
+        # Spelled out: the API server checks a default against the CEL rules as it is.
+        json_schema_extra={"default": {"min": 1, "max": 1}},
+    )
+    autoscaling: Autoscaling = Field(
+        default_factory=Autoscaling,
+        description="Load target and scale-down delay.",
+        json_schema_extra=DEFAULT_OBJECT,
+    )
+    batching: Batching = Field(
+        default_factory=Batching,
+        description="Dynamic batching of each server.",
+        json_schema_extra=DEFAULT_OBJECT,
+    )
+    placement: ServingPlacement = Field(
+        default_factory=ServingPlacement,
+        description="Pool preferences, cluster selector and spread.",
+        json_schema_extra=DEFAULT_OBJECT,
+    )
+    canary: Canary | None = Field(
+        default=None, description="A second revision with a share of the traffic."
+    )
+
+
+class ClusterServing(Spec):
+    """The replicas of the service in one cluster."""
+
+    cluster: ShortString = Field(description="The member cluster (its ComputeCluster name).")
+    pool: ShortString = Field(description="The node pool of its replicas.")
+    accelerator: ShortString = Field(default="", description="The pool's accelerator, if any.")
+    gpus_per_replica: int = Field(default=0, description="GPUs each replica got there.")
+    url: ShortString = Field(default="", description="The service's URL inside that cluster.")
+    replicas: int = Field(default=0, description="Replicas wanted there (both revisions).")
+    ready_replicas: int = Field(default=0, description="Replicas ready there.")
+    canary_replicas: int = Field(default=0, description="Of those wanted, canary replicas.")
+
+
+class CanaryStatus(Spec):
+    """The canary's share as requested and as the replica ratio gives it."""
+
+    requested_percent: int = Field(default=0, description="spec.canary.trafficPercent.")
+    effective_percent: int = Field(
+        default=0, description="Canary replicas over all replicas, in percent."
+    )
+    replicas: int = Field(default=0, description="Canary replicas over all clusters.")
+
+
+class ResolvedModel(Spec):
+    """The artifact a revision serves."""
+
+    claim: ShortString = Field(description="The PersistentVolumeClaim holding it.")
+    path: ShortString = Field(default="", description="The artifact's directory on the claim.")
+
+
+class InferenceServiceStatus(Spec):
+    """Where the service runs, whether it is ready, and why not."""
+
+    observed_generation: int = Field(default=0, description="The generation last acted on.")
+    state: Literal["Pending", "Waiting", "Deploying", "Ready", "Degraded", "Failed"] = Field(
+        default="Pending", description="Summary of the conditions, for kubectl get."
+    )
+    conditions: list[Condition] = conditions_field("Placed, Ready, CanaryShare, with reasons.")
+    url: ShortString = Field(default="", description="The V2 endpoint in the first cluster.")
+    model: ResolvedModel | None = Field(default=None, description="The stable revision's model.")
+    clusters: list[ClusterServing] = Field(
+        default_factory=list, max_length=16, description="Replicas per cluster."
+    )
+    pools: ShortString = Field(
+        default="", description="Where replicas run as CLUSTER/POOL,... (for kubectl get)."
+    )
+    replicas: int = Field(default=0, description="Replicas wanted, over all clusters.")
+    ready_replicas: int = Field(default=0, description="Replicas ready, over all clusters.")
+    desired_replicas: int = Field(
+        default=0, description="What load asks for, between replicas.min and replicas.max."
+    )
+    last_scale_time: ShortString | None = Field(
+        default=None, description="When desiredReplicas last changed."
+    )
+    canary: CanaryStatus | None = Field(default=None, description="The canary's share.")

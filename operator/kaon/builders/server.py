@@ -1,0 +1,176 @@
+"""An InferenceService's objects in one member: a Deployment per revision and one Service.
+
+The runtime's V2 server (`python -m kaon_kernels.serve`) is injected here, with probes on its
+health endpoints. Both revisions carry the service's label, so the one Service sends requests
+to stable and canary replicas alike: the replica ratio is the traffic share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kaon.api.computecluster import PoolSpec
+from kaon.api.inferenceservice import InferenceServiceSpec, ResolvedModel
+from kaon.api.settings import Settings
+from kaon.builders.names import ISVC_UID_LABEL, MANAGED_BY, REVISION_LABEL
+from kaon.builders.worker import (
+    POD_SECURITY,
+    RESTRICTED,
+    SERVICEACCOUNT_DIR,
+    WORKER_IDENTITY,
+    Obj,
+    pod_resources,
+)
+from kaon.clusters.member import ISVC_LABEL, LOAD_ANNOTATION
+
+Revision = Literal["stable", "canary"]
+SERVER_PORT = 8080
+SERVICE_PORT = 80
+MODEL_STORE = "/var/lib/kaon/models"
+
+
+@dataclass(frozen=True)
+class ServiceRef:
+    namespace: str
+    name: str
+    uid: str
+
+
+def deployment_name(service: str, revision: Revision) -> str:
+    return f"{service}-{revision}"
+
+
+def service_url(ref: ServiceRef) -> str:
+    return f"http://{ref.name}.{ref.namespace}.svc.cluster.local"
+
+
+def _labels(ref: ServiceRef, revision: Revision | None = None) -> dict[str, str]:
+    labels = {MANAGED_BY: "kaon", ISVC_LABEL: ref.name, ISVC_UID_LABEL: ref.uid}
+    if revision:
+        labels[REVISION_LABEL] = revision
+    return labels
+
+
+def _probe(path: str, period_s: int, failures: int) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _container(
+    ref: ServiceRef, spec: InferenceServiceSpec, model: ResolvedModel, gpus: int, s: Settings
+) -> Obj:
+    env: list[Obj] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "KAON_LOAD_ANNOTATION", "value": LOAD_ANNOTATION},
+        {"name": "KAON_SERVICEACCOUNT_DIR", "value": SERVICEACCOUNT_DIR},
+    ]
+    if not gpus:
+        env.append({"name": "KAON_DEVICE", "value": "cpu"})
+    return {
+        "name": "server",
+        "image": s.runtime_image,
+        "imagePullPolicy": s.image_pull_policy,
+        "command": ["python", "-m", "kaon_kernels.serve"],
+        "args": [
+            "--model-dir",
+            f"{MODEL_STORE}/{model.path}".rstrip("/"),
+            "--name",
+            ref.name,
+            "--host",
+            "$(POD_IP)",
+            "--port",
+            str(SERVER_PORT),
+            "--max-batch-size",
+            str(spec.batching.max_batch_size),
+            "--max-latency-ms",
+            str(spec.batching.max_latency_ms),
+        ],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+        "resources": pod_resources(spec.resources, gpus),
+        "securityContext": RESTRICTED,
+        # Loading torch and the model takes a while on a cold node: up to two minutes.
+        "startupProbe": _probe("/v2/health/live", 2, 60),
+        "readinessProbe": _probe("/v2/health/ready", 2, 2),
+        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "volumeMounts": [
+            {"name": "model", "mountPath": MODEL_STORE, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+
+
+def deployment(
+    ref: ServiceRef,
+    revision: Revision,
+    spec: InferenceServiceSpec,
+    model: ResolvedModel,
+    pool: PoolSpec,
+    gpus_per_replica: int,
+    replicas: int,
+    settings: Settings,
+) -> Obj:
+    """The replicas of one revision in one cluster, pinned to the chosen pool."""
+    labels = _labels(ref, revision)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(ref.name, revision),
+            "namespace": ref.namespace,
+            "labels": labels,
+        },
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": 2,
+            "selector": {"matchLabels": {ISVC_LABEL: ref.name, REVISION_LABEL: revision}},
+            # A new model rolls out one replica at a time and never drops below the count.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": dict(pool.node_selector),
+                    "tolerations": [t.to_k8s() for t in pool.tolerations],
+                    # The token lets the server report its load on its own pod (get/patch only).
+                    "serviceAccountName": WORKER_IDENTITY,
+                    "automountServiceAccountToken": True,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": POD_SECURITY,
+                    "containers": [_container(ref, spec, model, gpus_per_replica, settings)],
+                    "volumes": [
+                        {
+                            "name": "model",
+                            "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True},
+                        },
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service(ref: ServiceRef) -> Obj:
+    """The one Service in front of both revisions' replicas of the cluster."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": ref.name, "namespace": ref.namespace, "labels": _labels(ref)},
+        "spec": {
+            "selector": {ISVC_LABEL: ref.name},
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
