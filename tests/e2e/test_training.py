@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
 import yaml
 
-from kaon.rig import agents, paths
+from kaon.rig import paths
 
 from kaonrig import (
     REPO,
@@ -23,26 +20,13 @@ from kaonrig import (
     Rig,
     bound_claim,
     kubectl,
-    register_cluster,
     state,
     wait_for,
-    wait_members_ready,
 )
 
 EXAMPLES = REPO / "examples"
 AGENT_NODE = "west-local-0"
 TRAIN_TIMEOUT_S = 420.0
-
-
-@pytest.fixture(scope="module")
-def local_pool(kaon_rig: Rig, kaon_operator: Any) -> Iterator[str]:
-    """The process-agent pool registered as a user registers it (kubectl apply)."""
-    assert (("west", AGENT_NODE)) in agents.agent_nodes(kaon_rig.config)
-    kubectl(kaon_rig, "apply", "-f", str(EXAMPLES / "clusters" / "local.yaml"))
-    name = register_cluster(kaon_rig, EXAMPLES / "clusters" / "local.yaml")
-    wait_members_ready(kaon_rig, (name,))
-    yield name
-    kubectl(kaon_rig, "delete", "computecluster", name, "--wait=true")
 
 
 def pod_dir(ns: str, pod: str) -> Path:

@@ -373,7 +373,13 @@ class ServiceController:
         for name, reg in self.fleet.clusters.items():
             if reg.member is not None and reg.member.replicas_of(key):
                 stale.add(name)
+        # Two ComputeClusters may register one API server (other pools of it): never clean up
+        # a server that still runs the service under another name.
+        kept = {m.client.server for m in map(self.fleet.member, keep) if m is not None}
         for cluster in stale - keep:
+            member = self.fleet.member(cluster)
+            if member is not None and member.client.server in kept:
+                continue
             if not await self.ops.remove_all(key, cluster):
                 log.info("service %s/%s: clean-up in %s retried", *key, cluster)
 

@@ -1,0 +1,26 @@
+"""Fixtures of the e2e tests: the process-agent pool, registered as a user registers it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kaon.rig import agents
+
+from kaonrig import REPO, Rig, kubectl, register_cluster, wait_members_ready
+
+EXAMPLES = REPO / "examples"
+AGENT_NODE = "west-local-0"
+
+
+@pytest.fixture(scope="module")
+def local_pool(kaon_rig: Rig, kaon_operator: Any) -> Iterator[str]:
+    """The process-agent pool registered with kubectl apply; unregistered after the module."""
+    assert (("west", AGENT_NODE)) in agents.agent_nodes(kaon_rig.config)
+    kubectl(kaon_rig, "apply", "-f", str(EXAMPLES / "clusters" / "local.yaml"))
+    name = register_cluster(kaon_rig, EXAMPLES / "clusters" / "local.yaml")
+    wait_members_ready(kaon_rig, (name,))
+    yield name
+    kubectl(kaon_rig, "delete", "computecluster", name, "--wait=true")
