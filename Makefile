@@ -6,6 +6,11 @@ PY := $(VENV)/bin/python
 KAON := $(VENV)/bin/kaon
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
+# KServe (bench baseline, kserve-client conformance test) in a venv of its own inside .venv:
+# its pins conflict with the operator's kubernetes client. It sees .venv's packages after its own.
+KSERVE_VENV := $(VENV)/kserve
+KSERVE_REQ := tests/bench/requirements-kserve.txt
+KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell cat $(KSERVE_REQ) | sha256sum | cut -c1-12)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup rig-build rig-up rig-down rig-status test unit lint crds verify demo run bench clean
@@ -13,12 +18,18 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv and install kaon with its dev tools and the torch runtime
+setup: $(STAMP) $(KSERVE_STAMP) ## create .venv and install kaon with its dev tools and the torch runtime
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,runtime]'
 	@rm -f $(VENV)/.installed-* && touch $@
+
+$(KSERVE_STAMP): $(KSERVE_REQ) $(STAMP)
+	@test -x $(KSERVE_VENV)/bin/python || $(PY) -c 'import sys, venv; venv.create(sys.argv[1], with_pip=True)' $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(KSERVE_REQ)
+	$(PY) -c 'import site, sys; print("import site; site.addsitedir(%r)" % site.getsitepackages()[0])' > "$$($(KSERVE_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/kaon-main-venv.pth"
+	@rm -f $(KSERVE_VENV)/.installed-* && touch $@
 
 rig-build: setup ## build (or reuse from ~/.cache/kaon) the rig's Kubernetes, etcd, kwok, helm binaries
 	$(KAON) rig build
@@ -59,6 +70,7 @@ run: rig-up ## run the operator on the rig's hub (Ctrl-C stops it)
 bench: rig-build ## benchmarks with same-run baselines; figures into .bench/results.json
 	$(PY) tests/bench/kernels.py
 	$(PY) tests/bench/controlplane.py
+	$(PY) tests/bench/serving.py
 
 clean: ## remove the virtual environment and caches inside the repo
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench

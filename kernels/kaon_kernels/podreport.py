@@ -5,7 +5,8 @@ written from a background thread, at most every `min_interval_s` and always for 
 so training never waits on the API server; a failed write is reported once and otherwise
 ignored (progress is advisory; the final report travels in the termination message).
 
-Environment (set by the operator): `KAON_PROGRESS_ANNOTATION` (the annotation key),
+Environment (set by the operator): `KAON_PROGRESS_ANNOTATION` (the annotation key; the
+inference server's load record uses `KAON_LOAD_ANNOTATION`),
 `POD_NAME`, `POD_NAMESPACE`, `KUBERNETES_SERVICE_HOST`/`_PORT`, and `KAON_SERVICEACCOUNT_DIR`
 (default: the in-cluster token directory).
 """
@@ -51,9 +52,18 @@ class PodAnnotator:
         self._thread.start()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> PodAnnotator | None:
-        """An annotator when the pod's identity and API credentials are all present."""
-        keys = ("KAON_PROGRESS_ANNOTATION", "POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST")
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        key_var: str = "KAON_PROGRESS_ANNOTATION",
+        min_interval_s: float = 2.0,
+    ) -> PodAnnotator | None:
+        """An annotator when the pod's identity and API credentials are all present.
+
+        The annotation's key is the value of `key_var` (the training progress by default; the
+        inference server's load record uses `KAON_LOAD_ANNOTATION`).
+        """
+        keys = (key_var, "POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST")
         if not all(env.get(k) for k in keys):
             return None
         sa_dir = Path(env.get("KAON_SERVICEACCOUNT_DIR") or DEFAULT_SA_DIR)
@@ -67,7 +77,7 @@ class PodAnnotator:
         url = (
             f"https://{host}:{port}/api/v1/namespaces/{env['POD_NAMESPACE']}/pods/{env['POD_NAME']}"
         )
-        return cls(url, env["KAON_PROGRESS_ANNOTATION"], token, ca if ca.is_file() else None)
+        return cls(url, env[key_var], token, ca if ca.is_file() else None, min_interval_s)
 
     def offer(self, record: dict[str, Any]) -> None:
         """Queue the newest record; older unsent ones are dropped."""

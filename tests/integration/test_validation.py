@@ -234,5 +234,5 @@ def test_valid_inferenceservice_gets_the_schema_defaults(kaon_rig: Rig, namespac
     services = Jobs(kaon_rig.api("hub"), "InferenceService", "inferenceservices")
     spec = services.create(namespace, "good", SERVE)["spec"]
     assert spec["replicas"] == {"min": 1, "max": 1}
-    assert spec["batching"] == {"maxBatchSize": 32, "maxLatencyMs": 5}
+    assert spec["batching"] == {"maxBatchSize": 32, "maxLatencyMs": 0}
     assert spec["placement"]["clusters"] == 1

@@ -92,7 +92,11 @@ class Batching(Spec):
 
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Most samples per batch.")
     max_latency_ms: int = Field(
-        default=5, ge=0, le=10_000, description="Longest wait for a batch to fill."
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Longest wait for a batch to fill. 0: run at once; requests that queue "
+        "while a batch computes form the next batch (best on CPU).",
     )
 
 

@@ -1,0 +1,145 @@
+"""`python -m kaon_kernels.serve --model-dir DIR`: the V2 inference server (see `settings`).
+
+Listens at once (live; ready answers 503), imports torch and loads the artifact on a thread,
+warms up at the largest batch, then is ready. SIGTERM or SIGINT: not ready, stop accepting,
+answer the requests in flight, exit 0. Exit 2: bad settings or no artifact; 1: the model
+failed to load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from kaon_kernels.serve.app import App
+from kaon_kernels.serve.batcher import Batcher
+from kaon_kernels.serve.load import LoadReporter
+from kaon_kernels.serve.metrics import ServeMetrics
+from kaon_kernels.serve.server import HttpServer
+from kaon_kernels.serve.settings import Settings, SettingsError, artifact_name, parse_settings
+
+if TYPE_CHECKING:
+    from kaon_kernels.serve.model import Engine
+
+EXIT_BAD_INPUT = 2
+EXIT_LOAD_FAILED = 1
+
+
+def log(message: str) -> None:
+    print(f"kaon-serve: {message}", file=sys.stderr, flush=True)
+
+
+def load_engine(settings: Settings, name: str) -> Engine:
+    """Import torch, load the artifact and warm it up (on a thread: the loop keeps serving)."""
+    import torch  # noqa: PLC0415  # the slow import, off the event loop
+
+    from kaon_kernels.serve.model import Engine  # noqa: PLC0415
+
+    torch.set_num_threads(settings.threads)
+    engine = Engine(settings.model_dir, name)
+    engine.warm_up(settings.max_batch_size)
+    return engine
+
+
+def _start_loading(
+    loop: asyncio.AbstractEventLoop, settings: Settings, name: str
+) -> asyncio.Future[Engine]:
+    # A daemon thread, not the default executor: a SIGTERM while torch imports must not wait.
+    future: asyncio.Future[Engine] = loop.create_future()
+
+    def settle(result: Engine | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        try:
+            engine = load_engine(settings, name)
+        except BaseException as err:
+            outcome: tuple[Engine | None, BaseException | None] = (None, err)
+        else:
+            outcome = (engine, None)
+        with contextlib.suppress(RuntimeError):  # a closed loop: the server is gone already
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=target, name="kaon-serve-load", daemon=True).start()
+    return future
+
+
+async def serve(settings: Settings, name: str) -> int:
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    metrics = ServeMetrics(name)
+    app = App(name, metrics, settings.max_payload_bytes)
+    server = HttpServer(app, settings.max_payload_bytes)
+    port = await server.start(settings.host, settings.port)
+    log(f"model '{name}' from {settings.model_dir}: listening on http://{settings.host}:{port}")
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    reporter = LoadReporter.from_env(os.environ, loop, lambda: app.ready)
+    if reporter is not None:
+        app.load = reporter.window
+
+    loading = _start_loading(loop, settings, name)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    batcher = None
+    code = 0
+    if loading.done() and not stop.is_set():
+        try:
+            engine = loading.result()
+        except Exception as err:
+            log(f"model failed to load from {settings.model_dir}: {type(err).__name__}: {err}")
+            code = EXIT_LOAD_FAILED
+            stop.set()
+        else:
+            batcher = Batcher(
+                loop,
+                engine.run,
+                settings.max_batch_size,
+                settings.max_latency_ms / 1000,
+                metrics.observe_batch,
+            )
+            app.start_serving(engine, batcher)
+            log(
+                f"ready in {time.monotonic() - started:.2f} s: max batch "
+                f"{settings.max_batch_size}, max latency {settings.max_latency_ms:g} ms, "
+                f"{settings.threads} torch thread(s)"
+            )
+    await stopping
+    app.stop_serving("shutting down")
+    log("stopping: answering the requests in flight")
+    await server.drain(settings.drain_seconds)
+    if batcher is not None:
+        batcher.close()
+    if reporter is not None:
+        reporter.close()
+    log("stopped")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_settings(argv, os.environ)
+        if not (settings.model_dir / "model.pt").is_file():
+            raise SettingsError(f"{settings.model_dir}: no model.pt (not a kaon model artifact)")
+        name = settings.name or artifact_name(settings.model_dir)
+    except SettingsError as err:
+        log(str(err))
+        return EXIT_BAD_INPUT
+    return asyncio.run(serve(settings, name))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

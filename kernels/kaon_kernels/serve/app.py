@@ -1,0 +1,268 @@
+"""The V2 endpoints: routing, health, metadata, infer through the batcher, metrics.
+
+Torch-free: the engine (model.py) arrives once the model is loaded and warm, so the server
+answers `live` (and `ready` with 503) while torch is still importing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+import kaon_kernels
+from kaon_kernels.serve.batcher import Batcher, Done, Part
+from kaon_kernels.serve.http11 import JSON, HttpError, Request, error_body
+from kaon_kernels.serve.load import LoadWindow
+from kaon_kernels.serve.metrics import ServeMetrics
+from kaon_kernels.serve.protocol import (
+    BatchResult,
+    InferRequest,
+    Signature,
+    encode_infer,
+    parse_infer,
+)
+
+SERVER_NAME = "kaon"
+EXTENSIONS = ("binary_tensor_data",)
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+OCTETS = "application/octet-stream"
+HEADER_LENGTH = "inference-header-content-length"
+
+# (status, body, content type, extra headers); the connection writes it.
+Reply = Callable[[int, bytes, str, tuple[tuple[str, str], ...]], None]
+
+
+class Engine(Protocol):
+    signature: Signature
+
+    def metadata(self) -> dict[str, Any]: ...
+
+    def run(self, parts: Sequence[Part[InferRequest]]) -> BatchResult: ...
+
+
+def _json(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+_LIVE = _json({"live": True})
+_READY = _json({"ready": True})
+
+
+class App:
+    def __init__(self, model_name: str, metrics: ServeMetrics, max_body: int = 1 << 24) -> None:
+        self.model_name = model_name
+        self.metrics = metrics
+        self.max_body = max_body
+        self.engine: Engine | None = None
+        self.batcher: Batcher[InferRequest, BatchResult] | None = None
+        self.load: LoadWindow | None = None
+        self.not_ready = "loading the model"  # why not ready; "" once ready
+        self.inflight = 0
+        self.draining = False  # shutting down: answers close their connections
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @property
+    def ready(self) -> bool:
+        return not self.not_ready
+
+    def start_serving(self, engine: Engine, batcher: Batcher[InferRequest, BatchResult]) -> None:
+        self.engine = engine
+        self.batcher = batcher
+        self.not_ready = ""
+        self.metrics.ready.set(1)
+
+    def stop_serving(self, why: str) -> None:
+        """Not ready from now on (e.g. draining); requests still get answers."""
+        self.not_ready = why
+        self.metrics.ready.set(0)
+
+    def handle(self, req: Request, reply: Reply) -> None:
+        """Answer `req` through `reply`, now or (infer) once its batch is done."""
+        try:
+            endpoint, answer = self._route(req)
+            if answer is None:
+                self._infer(req, reply)
+                return
+            status, body, ctype = answer
+        except HttpError as err:
+            status, body, ctype = err.status, error_body(err.message), JSON
+            self.metrics.answered(_label(req.path), status)
+            reply(status, body, ctype, err.headers)
+            return
+        self.metrics.answered(endpoint, status)
+        reply(status, body, ctype, ())
+
+    def _route(self, req: Request) -> tuple[str, tuple[int, bytes, str] | None]:
+        """(endpoint label, the answer) for everything but infer, which answers later (None)."""
+        parts = req.path.split("/")
+        if parts[0] != "" or len(parts) < 2:
+            raise HttpError(404, f"no route {req.path[:200]!r}")
+        parts = parts[1:]
+        if parts == ["metrics"]:
+            _allow(req, "GET")
+            return "metrics", (200, self.metrics.exposition(), PROMETHEUS)
+        if parts[0] != "v2":
+            raise HttpError(404, f"no route {req.path[:200]!r}")
+        rest = parts[1:]
+        if rest in ([], [""]):
+            _allow(req, "GET")
+            return "server_metadata", (200, self._server_metadata(), JSON)
+        if rest == ["health", "live"]:
+            _allow(req, "GET")
+            return "live", (200, _LIVE, JSON)
+        if rest == ["health", "ready"]:
+            _allow(req, "GET")
+            return "ready", self._ready_answer()
+        if rest[0] == "models" and len(rest) >= 2:
+            return self._model_route(req, rest[1:])
+        raise HttpError(404, f"no route {req.path[:200]!r}")
+
+    def _model_route(
+        self, req: Request, rest: list[str]
+    ) -> tuple[str, tuple[int, bytes, str] | None]:
+        name, rest = unquote(rest[0]), rest[1:]
+        version = None
+        if rest[:1] == ["versions"]:
+            if len(rest) < 2:
+                raise HttpError(404, f"no route {req.path[:200]!r}")
+            version, rest = unquote(rest[1]), rest[2:]
+        if len(rest) > 1 or (rest and rest[0] not in ("ready", "infer")):
+            raise HttpError(404, f"no route {req.path[:200]!r}")
+        action = rest[0] if rest else "metadata"
+        endpoint = {"ready": "model_ready", "infer": "infer", "metadata": "model_metadata"}[action]
+        _allow(req, "POST" if action == "infer" else "GET")
+        self._check_model(name, version)
+        if action == "infer":
+            return endpoint, None
+        if action == "ready":
+            return endpoint, self._ready_answer(model=True)
+        if self.engine is None:
+            raise HttpError(503, f"model '{self.model_name}' is not ready: {self.not_ready}")
+        return endpoint, (200, _json(self.engine.metadata()), JSON)
+
+    def _check_model(self, name: str, version: str | None) -> None:
+        if name != self.model_name:
+            raise HttpError(
+                404, f"unknown model {name[:100]!r}: this server serves '{self.model_name}'"
+            )
+        if version is not None and version != "1":
+            raise HttpError(
+                404, f"model '{self.model_name}' has no version {version[:40]!r} (versions: 1)"
+            )
+
+    def _ready_answer(self, model: bool = False) -> tuple[int, bytes, str]:
+        if self.not_ready:
+            what = f"model '{self.model_name}'" if model else "server"
+            return 503, error_body(f"{what} is not ready: {self.not_ready}"), JSON
+        if model:
+            return 200, _json({"name": self.model_name, "ready": True}), JSON
+        return 200, _READY, JSON
+
+    def _server_metadata(self) -> bytes:
+        return _json(
+            {
+                "name": SERVER_NAME,
+                "version": kaon_kernels.__version__,
+                "extensions": list(EXTENSIONS),
+            }
+        )
+
+    def _infer(self, req: Request, reply: Reply) -> None:
+        arrived = time.perf_counter()
+        engine, batcher = self.engine, self.batcher
+        if engine is None or batcher is None:
+            raise HttpError(503, f"model '{self.model_name}' is not ready: {self.not_ready}")
+        header_length = _header_length(req.headers)
+        body = _decoded(req, self.max_body)
+        request = parse_infer(body, header_length, engine.signature)
+        self.inflight += 1
+        self.idle.clear()
+        self.metrics.inflight.inc()
+
+        def answer(done: Done[BatchResult]) -> None:
+            self.inflight -= 1
+            self.metrics.inflight.dec()
+            if not self.inflight:
+                self.idle.set()
+            status, body, ctype, headers = _infer_answer(request, done, engine.signature)
+            latency = time.perf_counter() - arrived
+            self.metrics.latency.observe(latency)
+            self.metrics.queue.observe(done.queue_s)
+            self.metrics.answered("infer", status)
+            if self.load is not None:
+                self.load.observe(latency, done.queue_s)
+            reply(status, body, ctype, headers)
+
+        batcher.submit(request, request.samples, answer)
+
+
+def _infer_answer(
+    request: InferRequest, done: Done[BatchResult], sig: Signature
+) -> tuple[int, bytes, str, tuple[tuple[str, str], ...]]:
+    if done.error is not None:
+        message = f"inference failed: {type(done.error).__name__}: {done.error}"
+        return 500, error_body(message), JSON, ()
+    try:
+        body, json_length = encode_infer(request, done.rows, sig)
+    except HttpError as err:
+        return err.status, error_body(err.message), JSON, ()
+    if json_length is None:
+        return 200, body, JSON, ()
+    return 200, body, OCTETS, (("Inference-Header-Content-Length", str(json_length)),)
+
+
+def _decoded(req: Request, max_body: int) -> bytes:
+    """The body without its Content-Encoding (gzip or deflate), within the size limit."""
+    coding = req.headers.get("content-encoding", "identity").strip().lower()
+    if coding == "identity":
+        return req.body
+    if coding not in ("gzip", "deflate"):
+        raise HttpError(415, f"Content-Encoding {coding[:40]!r} not supported (gzip, deflate)")
+    inflater = zlib.decompressobj(wbits=31 if coding == "gzip" else 15)
+    try:
+        body = inflater.decompress(req.body, max_body)
+    except zlib.error as err:
+        raise HttpError(400, f"body is not valid {coding}: {err}") from None
+    if inflater.unconsumed_tail:
+        raise HttpError(413, f"decompressed body over the {max_body}-byte limit")
+    if not inflater.eof:
+        raise HttpError(400, f"body is truncated {coding}")
+    return body
+
+
+def _header_length(headers: dict[str, str]) -> int | None:
+    field = headers.get(HEADER_LENGTH)
+    if field is None:
+        return None
+    if not field.strip().isdigit():
+        raise HttpError(400, f"bad Inference-Header-Content-Length {field[:40]!r}")
+    return int(field)
+
+
+_LABELS = {
+    "/metrics": "metrics",
+    "/v2": "server_metadata",
+    "/v2/health/live": "live",
+    "/v2/health/ready": "ready",
+}
+
+
+def _label(path: str) -> str:
+    """The metrics' endpoint label of a refused request (a bounded set, whatever the path)."""
+    if path.startswith("/v2/models/"):
+        last = path.rsplit("/", 1)[-1]
+        return {"infer": "infer", "ready": "model_ready"}.get(last, "model_metadata")
+    return _LABELS.get(path, "unknown")
+
+
+def _allow(req: Request, method: str) -> None:
+    if req.method != method:
+        raise HttpError(
+            405, f"{req.method} not allowed on {req.path[:200]}; use {method}", (("Allow", method),)
+        )

@@ -1,0 +1,111 @@
+"""The server's Prometheus metrics, in a registry of its own (served at `GET /metrics`).
+
+- `kaon_serve_requests_total{model,endpoint,code}` and `kaon_serve_request_errors_total{...}`
+  (every answer with a code of 400 or more);
+- `kaon_serve_request_duration_seconds{model}`: infer requests, body read to answer written;
+- `kaon_serve_queue_duration_seconds{model}`: infer requests, arrival to their batch's start;
+- `kaon_serve_compute_duration_seconds{model}`: one forward pass (a batch) on the worker;
+- `kaon_serve_batch_size{model}`: samples per forward pass;
+- `kaon_serve_inflight_requests{model}` and `kaon_serve_ready{model}` gauges.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.008,
+    0.016,
+    0.032,
+    0.064,
+    0.128,
+    0.256,
+    0.512,
+    1.0,
+    2.0,
+    5.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServeMetrics:
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._requests = Counter(
+            "kaon_serve_requests",
+            "Requests answered, by endpoint and status code.",
+            ["model", "endpoint", "code"],
+            registry=r,
+        )
+        self._errors = Counter(
+            "kaon_serve_request_errors",
+            "Requests answered with a status code of 400 or more.",
+            ["model", "endpoint", "code"],
+            registry=r,
+        )
+        latency = Histogram(
+            "kaon_serve_request_duration_seconds",
+            "Infer requests: from the complete request to its answer.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        queue = Histogram(
+            "kaon_serve_queue_duration_seconds",
+            "Infer requests: waiting for a batch to start.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        compute = Histogram(
+            "kaon_serve_compute_duration_seconds",
+            "One batched forward pass.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        batch = Histogram(
+            "kaon_serve_batch_size",
+            "Samples per batched forward pass.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        inflight = Gauge(
+            "kaon_serve_inflight_requests", "Infer requests being answered.", ["model"], registry=r
+        )
+        ready = Gauge(
+            "kaon_serve_ready", "1 once the model is loaded and warm.", ["model"], registry=r
+        )
+        # Children bound once: a labels() lookup per request costs more than the observation.
+        self.latency = latency.labels(model)
+        self.queue = queue.labels(model)
+        self.compute = compute.labels(model)
+        self.batch_size = batch.labels(model)
+        self.inflight = inflight.labels(model)
+        self.ready = ready.labels(model)
+        self._answers: dict[tuple[str, int], tuple[Counter, Counter | None]] = {}
+
+    def answered(self, endpoint: str, code: int) -> None:
+        key = (endpoint, code)
+        children = self._answers.get(key)
+        if children is None:
+            labels = (self.model, endpoint, str(code))
+            err = self._errors.labels(*labels) if code >= 400 else None
+            children = self._answers[key] = (self._requests.labels(*labels), err)
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
+
+    def observe_batch(self, size: int, compute_s: float) -> None:
+        self.batch_size.observe(size)
+        self.compute.observe(compute_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,132 @@
+"""The server's settings: command-line flags, else `KAON_*` environment variables, else defaults.
+
+| flag                   | environment                     | default  |
+|------------------------|---------------------------------|----------|
+| `--model-dir DIR`      | `KAON_MODEL_DIR`                | required |
+| `--name NAME`          | `KAON_MODEL_NAME`               | model.json's name |
+| `--host H`             | `KAON_SERVE_HOST`               | 0.0.0.0  |
+| `--port P`             | `KAON_SERVE_PORT`               | 8080 (0: any free port) |
+| `--max-batch-size N`   | `KAON_SERVE_MAX_BATCH_SIZE`     | 32       |
+| `--max-latency-ms MS`  | `KAON_SERVE_MAX_LATENCY_MS`     | 0 (batch what queued meanwhile) |
+| `--max-payload-bytes B`| `KAON_SERVE_MAX_PAYLOAD_BYTES`  | 16777216 |
+| `--threads N`          | `KAON_SERVE_THREADS`            | 1 (torch intra-op threads) |
+| `--drain-seconds S`    | `KAON_SERVE_DRAIN_SECONDS`      | 25       |
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path
+    name: str | None = None
+    host: str = "0.0.0.0"  # a pod serves on all its interfaces
+    port: int = 8080
+    max_batch_size: int = 32
+    max_latency_ms: float = 0.0
+    max_payload_bytes: int = 16 * 1024 * 1024
+    threads: int = 1
+    drain_seconds: float = 25.0
+
+
+# flag/field -> (environment variable, type, lowest, highest, help)
+_NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float, str]] = {
+    "port": ("KAON_SERVE_PORT", int, 0, 65535, "port to listen on (8080; 0: any free one)"),
+    "max_batch_size": (
+        "KAON_SERVE_MAX_BATCH_SIZE",
+        int,
+        1,
+        4096,
+        "most samples in one forward pass (32)",
+    ),
+    "max_latency_ms": (
+        "KAON_SERVE_MAX_LATENCY_MS",
+        float,
+        0,
+        60_000,
+        "longest wait for a batch to fill once a request is queued (0)",
+    ),
+    "max_payload_bytes": (
+        "KAON_SERVE_MAX_PAYLOAD_BYTES",
+        int,
+        1024,
+        1 << 31,
+        "largest request body; larger ones get 413 (16 MiB)",
+    ),
+    "threads": ("KAON_SERVE_THREADS", int, 1, 256, "torch intra-op threads (1)"),
+    "drain_seconds": (
+        "KAON_SERVE_DRAIN_SECONDS",
+        float,
+        0,
+        3600,
+        "on SIGTERM, longest wait for requests in flight (25)",
+    ),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m kaon_kernels.serve",
+        description="Serve a kaon model artifact over the Open Inference Protocol (V2, HTTP).",
+    )
+    p.add_argument(
+        "--model-dir", help="the artifact directory (model.pt, model.json); env KAON_MODEL_DIR"
+    )
+    p.add_argument("--name", help="the served model name (model.json's); env KAON_MODEL_NAME")
+    p.add_argument("--host", help="address to listen on (0.0.0.0); env KAON_SERVE_HOST")
+    for field, (env, _, _low, _high, text) in _NUMBERS.items():
+        p.add_argument("--" + field.replace("_", "-"), help=f"{text}; env {env}")
+    return p
+
+
+def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
+    """Settings from flags, then the environment; SettingsError naming the bad one."""
+    args = parser().parse_args(argv)
+    model_dir = args.model_dir or env.get("KAON_MODEL_DIR")
+    if not model_dir:
+        raise SettingsError("--model-dir (or KAON_MODEL_DIR) is required")
+    numbers: dict[str, int | float] = {}
+    for field, (var, kind, low, high, _) in _NUMBERS.items():
+        flag = "--" + field.replace("_", "-")
+        raw = getattr(args, field)
+        source = flag if raw is not None else var
+        raw = raw if raw is not None else env.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = kind(raw)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise SettingsError(f"{source}: {raw!r} is not {what}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{source}: {raw} is outside {low:g}..{high:g}")
+        numbers[field] = value
+    return Settings(
+        model_dir=Path(model_dir),
+        name=args.name or env.get("KAON_MODEL_NAME") or None,
+        host=args.host or env.get("KAON_SERVE_HOST") or Settings.host,
+        **numbers,  # type: ignore[arg-type]
+    )
+
+
+def artifact_name(model_dir: Path) -> str:
+    """The model's name recorded in the artifact's `model.json`; SettingsError if unreadable."""
+    where = model_dir / "model.json"
+    try:
+        info = json.loads(where.read_text())
+    except (OSError, ValueError) as err:
+        raise SettingsError(f"{where}: not a kaon model artifact ({err})") from None
+    name = info.get("name") if isinstance(info, dict) else None
+    if not isinstance(name, str) or not name:
+        raise SettingsError(f"{where}: no model name")
+    return name

@@ -1,0 +1,59 @@
+"""Server settings: flags win over KAON_* variables, which win over defaults; bad ones named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kaon_kernels.serve.settings import Settings, SettingsError, artifact_name, parse_settings
+
+
+def test_defaults_need_only_the_model_dir() -> None:
+    assert parse_settings(["--model-dir", "m"], {}) == Settings(model_dir=Path("m"))
+
+
+def test_the_environment_sets_what_the_flags_leave_out() -> None:
+    env = {
+        "KAON_MODEL_DIR": "/models/a",
+        "KAON_MODEL_NAME": "digits",
+        "KAON_SERVE_PORT": "9000",
+        "KAON_SERVE_MAX_BATCH_SIZE": "64",
+        "KAON_SERVE_MAX_LATENCY_MS": "2.5",
+        "KAON_SERVE_THREADS": "4",
+    }
+    got = parse_settings(["--max-batch-size", "8", "--name", "other"], env)
+    assert got.model_dir == Path("/models/a")
+    assert (got.name, got.port, got.max_batch_size, got.max_latency_ms, got.threads) == (
+        "other",
+        9000,
+        8,
+        2.5,
+        4,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        ([], {}, "--model-dir (or KAON_MODEL_DIR) is required"),
+        (["--model-dir", "m", "--port", "http"], {}, "--port: 'http' is not an integer"),
+        (["--model-dir", "m"], {"KAON_SERVE_MAX_BATCH_SIZE": "0"}, "KAON_SERVE_MAX_BATCH_SIZE: 0"),
+        (["--model-dir", "m", "--max-latency-ms", "nan"], {}, "--max-latency-ms: nan is outside"),
+        (["--model-dir", "m", "--max-payload-bytes", "10"], {}, "--max-payload-bytes"),
+    ],
+)
+def test_bad_settings_name_the_flag_or_variable(
+    argv: list[str], env: dict[str, str], words: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(argv, env)
+    assert words in str(caught.value)
+
+
+def test_the_served_name_comes_from_the_artifact(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="not a kaon model artifact"):
+        artifact_name(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({"name": "digits", "family": "cnn"}))
+    assert artifact_name(tmp_path) == "digits"
