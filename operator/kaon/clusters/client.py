@@ -1,24 +1,22 @@
 """An async client for one Kubernetes API server (aiohttp), built from a kubeconfig.
 
-The kubernetes package reads the kubeconfig (files or inline data, certs, tokens); requests,
-watches and connection pooling are ours, so one operator process keeps one cheap client per
-member cluster.
+`kubeconfig.credentials` reads the kubeconfig (files or inline data, certs, tokens, exec
+plugins); requests, watches and connection pooling are ours, so one operator process keeps one
+cheap client per member cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import ssl
-import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
 import yaml
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+
+from kaon.clusters.kubeconfig import credentials
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -51,39 +49,14 @@ class WatchExpiredError(Exception):
     """The watch's resourceVersion is too old (410 Gone): list again."""
 
 
-def _configuration(kubeconfig: Mapping[str, Any]) -> k8s_client.Configuration:
-    cfg = k8s_client.Configuration()
-    k8s_config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
-        dict(kubeconfig), client_configuration=cfg, temp_file_path=tempfile.gettempdir()
-    )
-    return cfg
-
-
-def _ssl_context(cfg: k8s_client.Configuration) -> ssl.SSLContext | bool:
-    if not cfg.host.startswith("https"):
-        return False
-    ctx = (
-        ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-        if cfg.ssl_ca_cert
-        else (ssl.create_default_context())
-    )
-    if not cfg.verify_ssl:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if cfg.cert_file:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-    return ctx
-
-
 class KubeClient:
     def __init__(self, kubeconfig: Mapping[str, Any], max_connections: int = 64) -> None:
-        cfg = _configuration(kubeconfig)
-        self.server: str = cfg.host.rstrip("/")
+        creds = credentials(kubeconfig)
+        self.server: str = creds.server
         self._headers = {"Accept": "application/json"}
-        token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
-        if token:
-            self._headers["Authorization"] = token if " " in token else f"Bearer {token}"
-        self._ssl = _ssl_context(cfg)
+        if creds.token:
+            self._headers["Authorization"] = f"Bearer {creds.token}"
+        self._ssl = creds.ssl
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
-from typing import Any, cast
-
-from kubernetes.utils import parse_quantity
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from typing import Any
 
 GPU_RESOURCE = "nvidia.com/gpu"
+_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
 
 def parse(value: int | str | float) -> Decimal:
-    return cast(Decimal, parse_quantity(value))  # type: ignore[no-untyped-call]
+    """A resource quantity ("500m", "2Gi", "1e3", 4) as a number, as the API server reads it."""
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    text = value.strip()
+    try:
+        if text[-2:] in _BINARY:
+            return Decimal(text[:-2]) * Decimal(1024) ** _BINARY[text[-2:]]
+        if text and text[-1] in _DECIMAL and not text[-1].isdigit():
+            return Decimal(text[:-1]) * Decimal(10) ** _DECIMAL[text[-1]]
+        return Decimal(text)  # plain or with an exponent (1e3)
+    except (InvalidOperation, IndexError) as exc:
+        raise ValueError(f"{value!r} is not a resource quantity") from exc
 
 
 @dataclass(frozen=True, slots=True)
