@@ -16,6 +16,7 @@ class Settings:
     image_pull_policy: PullPolicy = "IfNotPresent"
     master_port: int = 29500
     placement_interval_s: float = 0.5
+    metrics_port: int = 8081  # Prometheus /metrics; 0: off
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -27,4 +28,5 @@ class Settings:
             namespace=env.get("KAON_NAMESPACE", cls.namespace),
             runtime_image=env.get("KAON_RUNTIME_IMAGE", cls.runtime_image),
             image_pull_policy=policy,  # type: ignore[arg-type]
+            metrics_port=int(env.get("KAON_METRICS_PORT", cls.metrics_port)),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 
 from kaon.api.common import API_VERSION, Condition, now_rfc3339
 from kaon.api.computecluster import ComputeClusterStatus, PoolStatus, ResourceAmounts
@@ -62,6 +63,27 @@ def cluster_status(
         server=member.client.server if member else "",
         kubernetes_version=member.health.version if member else "",
     )
+
+
+def pool_inventory(fleet: Fleet) -> Iterator[tuple[str, bool, list[tuple[str, dict[str, float]]]]]:
+    """(cluster, ready, [(pool, amounts)]) for the metrics: capacity and free per resource."""
+    for name, reg in list(fleet.clusters.items()):
+        status = cluster_status(reg, [], 0, "")
+        pools = [
+            (
+                p.name,
+                {
+                    "cpu_capacity": p.allocatable.cpu,
+                    "cpu_free": p.free.cpu,
+                    "memory_capacity": float(p.allocatable.memory),
+                    "memory_free": float(p.free.memory),
+                    "gpu_capacity": float(p.allocatable.gpus),
+                    "gpu_free": float(p.free.gpus),
+                },
+            )
+            for p in status.pools
+        ]
+        yield name, status.conditions[0].status == "True", pools
 
 
 async def publish_loop(hub: KubeClient, fleet: Fleet, generations: dict[str, int]) -> None:

@@ -21,7 +21,7 @@ from kaon.api.trainingjob import JobPlacement, TrainingJobSpec, TrainingJobStatu
 from kaon.builders.names import ATTEMPT_LABEL, FINALIZER, RANK_LABEL, artifact_uri
 from kaon.clusters.client import KubeClient, Obj
 from kaon.clusters.member import JobKey
-from kaon.handlers import hubio
+from kaon.handlers import hubio, metrics
 from kaon.handlers.fleet import Fleet, Reservation
 from kaon.handlers.jobcache import JobCache, job_key
 from kaon.handlers.services import ServiceController
@@ -55,7 +55,9 @@ class Controller:
         self.settings = settings
         self.jobs = JobCache()
         self.fleet = Fleet(hub, hub_kubeconfig, settings, self._job_pods_changed, self._capacity)
-        self.queue: WorkQueue[JobKey] = WorkQueue(self.reconcile, workers=32)
+        self.queue: WorkQueue[JobKey] = WorkQueue(
+            self.reconcile, workers=32, on_error=metrics.reconcile_error("trainingjob")
+        )
         self.workers = WorkerOps(self.fleet, settings)
         self.services = ServiceController(
             hub, self.fleet, settings, self.jobs, self.reservations, self.workers.ensure_namespace
@@ -267,6 +269,8 @@ class Controller:
                 return LAUNCHED_ALONE_S - since
         elif new.state == status.state and since < COUNTS_INTERVAL_S:
             return COUNTS_INTERVAL_S - since  # coalesce worker-count updates
+        if new.state == "Running" and status.state != "Running":
+            metrics.TIME_TO_RUNNING.observe(metrics.seconds_since(status.admitted_at) or 0.0)
         await self._patch(body, new)
         self._counts_patched[key] = loop_now
         return None
@@ -414,7 +418,11 @@ class Controller:
             outcome = outcomes[f"{key[0]}/{key[1]}"]
             gen = int(body["metadata"].get("generation", 0))
             async with sem:
+                metrics.placement("trainingjob", outcome)
                 if isinstance(outcome, Placed):
+                    metrics.ADMISSION_WAIT.observe(
+                        metrics.seconds_since(body["metadata"].get("creationTimestamp")) or 0.0
+                    )
                     placement = JobPlacement(
                         cluster=outcome.cluster,
                         pool=outcome.pool,

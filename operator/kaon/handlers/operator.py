@@ -17,7 +17,8 @@ import yaml
 from kaon.api.common import GROUP, VERSION
 from kaon.api.settings import Settings
 from kaon.clusters.client import KubeClient
-from kaon.handlers.clusterstatus import publish_loop
+from kaon.handlers import metrics
+from kaon.handlers.clusterstatus import pool_inventory, publish_loop
 from kaon.handlers.controller import Controller
 from kaon.handlers.heap import trim_loop
 
@@ -41,6 +42,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     hub = KubeClient(kubeconfig)
     controller = Controller(hub, kubeconfig, Settings.from_env())
     controller.start()
+    metrics.serve(
+        controller.settings.metrics_port,
+        metrics.StateCollector(
+            controller.jobs.items,
+            controller.services.services.items,
+            lambda: pool_inventory(controller.fleet),
+        ),
+    )
     memo.controller = controller
     memo.cluster_generations = {}
     memo.publisher = asyncio.create_task(

@@ -28,7 +28,7 @@ from kaon.builders.names import FINALIZER, REVISION_LABEL, job_output_path
 from kaon.builders.server import Revision, ServiceRef, deployment, service, service_url
 from kaon.clusters.client import KubeClient, Obj
 from kaon.clusters.member import LOAD_ANNOTATION, JobKey, Member
-from kaon.handlers import hubio
+from kaon.handlers import hubio, metrics
 from kaon.handlers.fleet import Fleet, Reservation
 from kaon.handlers.jobcache import JobCache, job_key
 from kaon.handlers.serverops import ServerOps
@@ -78,7 +78,9 @@ class ServiceController:
         self.ensure_namespace = ensure_namespace
         self.services = JobCache()
         self.ops = ServerOps(fleet)
-        self.queue: WorkQueue[JobKey] = WorkQueue(self.reconcile, workers=8)
+        self.queue: WorkQueue[JobKey] = WorkQueue(
+            self.reconcile, workers=8, on_error=metrics.reconcile_error("inferenceservice")
+        )
         self._unready_since: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -189,7 +191,11 @@ class ServiceController:
             )
             await self._write(body, status, new)
             return None
+        if plan.shortfall is not None:
+            metrics.placement("inferenceservice", plan.shortfall)
         if {s.cluster for s in plan.slots} != {c.cluster for c in status.clusters}:
+            for placed in plan.slots:
+                metrics.placement("inferenceservice", placed)
             where = ", ".join(f"{s.cluster}/{s.pool}" for s in plan.slots)
             await self._event(body, "Normal", "Placed", f"replicas in {where}")
         desired, scaled_at = self._desired(key, spec, status, plan.slots, now)

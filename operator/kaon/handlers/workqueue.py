@@ -12,8 +12,14 @@ K = TypeVar("K", bound=Hashable)
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self, handler: Callable[[K], Awaitable[float | None]], workers: int = 16) -> None:
+    def __init__(
+        self,
+        handler: Callable[[K], Awaitable[float | None]],
+        workers: int = 16,
+        on_error: Callable[[Exception], None] = lambda exc: None,
+    ) -> None:
         self._handler = handler
+        self._on_error = on_error
         self._workers = workers
         self._queue: asyncio.Queue[K] = asyncio.Queue()
         self._pending: set[K] = set()
@@ -51,7 +57,8 @@ class WorkQueue(Generic[K]):
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                self._on_error(exc)
                 n = self._failures[key] = self._failures.get(key, 0) + 1
                 delay = min(30.0, 0.5 * 2 ** min(n, 6))
                 log.exception("reconcile %s failed (retry in %.1fs)", key, delay)
