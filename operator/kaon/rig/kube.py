@@ -6,6 +6,7 @@ Objects are handled as plain JSON dicts: the rig only needs a few fields of them
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,3 +51,32 @@ def create_node(api: client.ApiClient, manifest: Obj) -> None:
 def node_is_ready(node: Obj) -> bool:
     conditions = node.get("status", {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+def reclaim_kwok_leases(api: client.ApiClient) -> int:
+    """Let a restarted kwok manage its nodes again; returns how many nodes were handed over.
+
+    kwok holds a Lease per node under an id that is new on every start. A restarted kwok finds
+    the old leases, fails to create its own, and does not try again until the node changes:
+    its pods would stay Pending. Deleting the stale leases and touching the nodes hands them
+    over at once.
+    """
+    core, coordination = client.CoreV1Api(api), client.CoordinationV1Api(api)
+    nodes = [n for n in list_nodes(api) if _annotations(n).get(KWOK_NODE_ANNOTATION) == "fake"]
+    for node in nodes:
+        name = node["metadata"]["name"]
+        try:
+            coordination.delete_namespaced_lease(name, "kube-node-lease")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        touch = {"metadata": {"annotations": {"kaon.dev/kwok-restarted": str(time.time())}}}
+        core.patch_node(name, touch)
+    return len(nodes)
+
+
+def _annotations(obj: Obj) -> dict[str, str]:
+    return obj.get("metadata", {}).get("annotations") or {}

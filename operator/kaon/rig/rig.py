@@ -43,6 +43,7 @@ from kaon.rig.kube import (
     is_reachable,
     list_nodes,
     node_is_ready,
+    reclaim_kwok_leases,
 )
 from kaon.rig.versions import VERSIONS
 
@@ -148,6 +149,8 @@ def _ensure_cluster(name: str) -> str:
         if _kwokctl("start", "cluster", "--name", name, check=False).returncode == 0 and (
             _wait_reachable(kubeconfig, 60)
         ):
+            with api_client(kubeconfig) as api:
+                reclaim_kwok_leases(api)
             return "restarted"
         _log(f"{name}: could not be restarted, re-creating")
         _kwokctl("delete", "cluster", "--name", name, check=False)
@@ -289,8 +292,11 @@ def stop_cluster(name: str) -> None:
 def start_cluster(name: str) -> None:
     """Start a stopped cluster again with its state."""
     _kwokctl("start", "cluster", "--name", name)
-    if not _wait_reachable(paths.kubeconfig_path(name), 60):
+    kubeconfig = paths.kubeconfig_path(name)
+    if not _wait_reachable(kubeconfig, 60):
         raise RigError(f"cluster {name} did not answer after start")
+    with api_client(kubeconfig) as api:
+        reclaim_kwok_leases(api)
 
 
 def _leftover_processes() -> list[int]:
