@@ -13,14 +13,18 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kaon.rig import rig
+from kaon.rig import identity, rig
 from kaon.rig.config import load_config
 
 from kaonrig import (
+    CHART,
+    RELEASE,
+    RELEASE_NAMESPACE,
     REPO,
     Jobs,
     OperatorProcess,
     Rig,
+    install_chart,
     register_cluster,
     wait_for,
     wait_members_ready,
@@ -101,9 +105,10 @@ def _create_or_replace_crd(ext: client.ApiextensionsV1Api, body: dict[str, Any])
 
 @pytest.fixture(scope="session")
 def kaon_crds(kaon_rig: Rig) -> None:
-    """The generated CRDs from crds/, applied to the hub as a user would."""
+    """The generated CRDs from crds/, and kopf's peering CRD, applied to the hub as a user would."""
     ext = client.ApiextensionsV1Api(kaon_rig.api("hub"))
-    for path in sorted((REPO / "crds").glob("*.yaml")):
+    kopf_crds = sorted((CHART / "crds" / "kopf").glob("*.yaml"))
+    for path in [*sorted((REPO / "crds").glob("*.yaml")), *kopf_crds]:
         body = yaml.safe_load(path.read_text())
         _create_or_replace_crd(ext, body)
         wait_for(
@@ -117,20 +122,31 @@ def kaon_crds(kaon_rig: Rig) -> None:
 
 
 @pytest.fixture(scope="session")
+def operator_kubeconfig(kaon_rig: Rig, kaon_crds: None) -> Path:
+    """The chart installed on the hub, and a kubeconfig of its ServiceAccount (a token from the
+    TokenRequest API): the operator's least-privilege identity."""
+    install_chart(kaon_rig)
+    return identity.write_kubeconfig("hub", RELEASE_NAMESPACE, RELEASE)
+
+
+@pytest.fixture(scope="session")
 def kaon_operator(
-    kaon_rig: Rig, kaon_crds: None, tmp_path_factory: pytest.TempPathFactory
+    kaon_rig: Rig, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """`kaon run` against the hub, with the rig's kwok members east and west registered.
+    """`kaon run` against the hub as the chart's ServiceAccount (not the rig's admin), with the
+    rig's kwok members east and west registered.
 
     The process-agent pool (examples/clusters/local.yaml) is registered by the e2e tests only.
     """
     for name in ("east", "west"):
         register_cluster(kaon_rig, REPO / "examples" / "clusters" / f"{name}.yaml")
-    op = OperatorProcess(kaon_rig.kubeconfig("hub"), tmp_path_factory.mktemp("operator") / "log")
+    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "log")
     op.start()
     wait_members_ready(kaon_rig)
     yield op
     op.stop()
+    denials = op.rbac_denials()
+    assert not denials, f"the chart's RBAC refused the operator: {denials[:5]}"
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,22 +94,46 @@ def sim_pod(
     }
 
 
+# How the RBAC authorizer words a refusal: `User "system:serviceaccount:ns:sa" cannot patch
+# resource "trainingjobs" in API group "kaon.dev" ...`.
+RBAC_DENIAL = re.compile(r'User \\?"[^"\\]+\\?" cannot [a-z]+ ')
+
+
 class OperatorProcess:
     """`kaon run` as a user runs it, against the rig's hub, logging to a file."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.args = args
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = dict(
-            os.environ, KUBECONFIG=str(self.kubeconfig), KAON_RUNTIME_IMAGE="kaon/runtime:test"
+            os.environ,
+            KUBECONFIG=str(self.kubeconfig),
+            KAON_RUNTIME_IMAGE="kaon/runtime:test",
+            **self.env,
         )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kaon.cli", "run"], env=env, stdout=log, stderr=log
+                [sys.executable, "-m", "kaon.cli", "run", *self.args],
+                env=env,
+                stdout=log,
+                stderr=log,
             )
+
+    def rbac_denials(self) -> list[str]:
+        """Log lines where the API server refused the operator's identity a permission."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return [line for line in text.splitlines() if RBAC_DENIAL.search(line)]
 
     def kill(self) -> None:
         """SIGKILL: no chance to clean up, as when a node dies under the operator."""
@@ -215,6 +240,38 @@ def kubectl(kaon_rig: Rig, *args: str, cluster: str = "hub") -> str:
 
 
 REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "kaon"
+RELEASE = "kaon"  # the chart names its objects after it: ServiceAccount kaon, kaon-user
+RELEASE_NAMESPACE = "kaon-system"
+
+
+def helm(kaon_rig: Rig, *args: str, cluster: str = "hub") -> str:
+    """The rig's own helm against one of its clusters; its stdout."""
+    return subprocess.run(
+        [str(paths.helm_binary()), "--kubeconfig", str(kaon_rig.kubeconfig(cluster)), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def install_chart(kaon_rig: Rig, *sets: str, cluster: str = "hub") -> None:
+    """`helm upgrade --install` of charts/kaon with the operator Deployment at 0 replicas: kwok
+    nodes run no containers, so the tests run the operator as a local process under the chart's
+    ServiceAccount instead."""
+    values = [arg for s in ("operator.replicas=0", *sets) for arg in ("--set", s)]
+    helm(
+        kaon_rig,
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--create-namespace",
+        *values,
+        cluster=cluster,
+    )
 
 
 def register_cluster(kaon_rig: Rig, path: Path) -> str:

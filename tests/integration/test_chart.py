@@ -1,0 +1,520 @@
+"""The Helm chart against the rig's real API servers: lint, schema, server-side dry runs, and its
+RBAC proven with real identities (impersonation and ServiceAccount tokens), not assumed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kaon.rig import identity, paths
+from kaon.rig.rig import inline_kubeconfig
+
+from kaonrig import (
+    CHART,
+    GROUP,
+    RELEASE,
+    RELEASE_NAMESPACE,
+    REPO,
+    VERSION,
+    Jobs,
+    OperatorProcess,
+    Rig,
+    bound_claim,
+    helm,
+    install_chart,
+    state,
+    wait_for,
+)
+
+SA_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
+RBAC_KINDS = {"Role", "ClusterRole"}
+
+
+def template(kaon_rig: Rig, *sets: str, namespace: str = RELEASE_NAMESPACE) -> str:
+    values = [arg for s in sets for arg in ("--set", s)]
+    return helm(kaon_rig, "template", RELEASE, str(CHART), "--namespace", namespace, *values)
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def run_kubectl(
+    kaon_rig: Rig, *args: str, stdin: str | None = None, cluster: str = "hub"
+) -> subprocess.CompletedProcess[str]:
+    """The rig's kubectl as admin (or as whoever --as names); never raises on failure."""
+    return subprocess.run(
+        [str(paths.kubectl_binary()), "--kubeconfig", str(kaon_rig.kubeconfig(cluster)), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def can_i(kaon_rig: Rig, user: str, *args: str) -> bool:
+    done = run_kubectl(kaon_rig, "auth", "can-i", "--as", user, *args)
+    assert done.stdout.strip() in ("yes", "no"), done.stdout + done.stderr
+    return done.stdout.strip() == "yes"
+
+
+# Rendered variants: every RBAC object the chart can produce is in one of them.
+VARIANTS = {
+    "hub": (),
+    "hub-is-member": ("rbac.hubIsMember=true", "rbac.userRole.aggregateToEdit=true"),
+    "hub-named-secrets": ("rbac.memberSecretNames={rig-east-kubeconfig,rig-west-kubeconfig}",),
+    "standalone": ("peering.enabled=false",),
+    "member": ("role=member",),
+}
+
+
+def test_helm_lint_is_clean(kaon_rig: Rig) -> None:
+    out = helm(kaon_rig, "lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in out
+    assert "[WARNING]" not in out and "[ERROR]" not in out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_chart_passes_a_server_side_dry_run(
+    kaon_rig: Rig, operator_kubeconfig: Path, variant: str
+) -> None:
+    rendered = template(kaon_rig, *VARIANTS[variant])
+    done = run_kubectl(kaon_rig, "apply", "--dry-run=server", "-f", "-", stdin=rendered)
+    assert done.returncode == 0, done.stderr
+    kinds = {d["kind"] for d in documents(rendered)}
+    assert len(done.stdout.strip().splitlines()) == len(documents(rendered))
+    if variant == "member":
+        assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    else:
+        assert {"Deployment", "Service", "Role", "RoleBinding"} <= kinds
+
+
+def test_images_and_settings_are_wired_into_the_deployment(kaon_rig: Rig) -> None:
+    docs = documents(
+        template(
+            kaon_rig,
+            "operator.image.tag=1.2.3",
+            "runtime.image.repository=registry.example/ml/runtime",
+            "runtime.image.tag=1.2.3-cuda",
+            "runtime.image.pullPolicy=Always",
+            namespace="kaon-ops",
+        )
+    )
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["image"] == "ghcr.io/kaon-dev/kaon-operator:1.2.3"
+    assert env["KAON_RUNTIME_IMAGE"] == "registry.example/ml/runtime:1.2.3-cuda"
+    assert env["KAON_IMAGE_PULL_POLICY"] == "Always"
+    assert env["KAON_NAMESPACE"] == "kaon-ops"
+    assert container["args"][:2] == ["run", "--liveness=http://0.0.0.0:8080/healthz"]
+    assert "--peering=kaon" in container["args"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_metrics_service_and_an_optional_service_monitor(kaon_rig: Rig) -> None:
+    default = documents(template(kaon_rig))
+    assert "ServiceMonitor" not in {d["kind"] for d in default}
+    docs = documents(template(kaon_rig, "metrics.serviceMonitor.enabled=true", "metrics.port=9100"))
+    service = next(d for d in docs if d["kind"] == "Service")
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert (
+        service["spec"]["selector"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "KAON_METRICS_PORT", "value": "9100"} in container["env"]
+    assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("role=spoke", "/role"),
+        ("operator.image.tag=latest", "/operator/image/tag"),
+        ("operator.image.pullPolicy=Sometimes", "/operator/image/pullPolicy"),
+        ("metrics.port=http", "/metrics/port"),
+        ("metrics.port=80", "/metrics/port"),
+        ("operator.replicas=-1", "/operator/replicas"),
+        ("peering.name=Kaon_Peers", "/peering/name"),
+        ("rbac.memberSecretNames[0]=*", "/rbac/memberSecretNames/0"),
+        ("unknownKey=1", "unknownKey"),
+    ],
+)
+def test_bad_values_are_refused_by_the_schema(kaon_rig: Rig, setting: str, complaint: str) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        template(kaon_rig, setting)
+    assert "values don't meet the specifications of the schema" in failed.value.stderr
+    assert complaint in failed.value.stderr
+
+
+def test_two_replicas_without_peering_are_refused(kaon_rig: Rig) -> None:
+    template(kaon_rig, "operator.replicas=2")  # with peering: an active/standby pair
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        template(kaon_rig, "operator.replicas=2", "peering.enabled=false")
+    assert "/operator/replicas" in failed.value.stderr
+
+
+def test_no_wildcards_and_no_builtin_admin_roles(kaon_rig: Rig) -> None:
+    seen_rules = 0
+    for variant, sets in VARIANTS.items():
+        for doc in documents(template(kaon_rig, *sets)):
+            if doc["kind"] in RBAC_KINDS:
+                for rule in doc["rules"]:
+                    seen_rules += 1
+                    for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+                        assert "*" not in str(rule.get(key, [])), (variant, doc["kind"], rule)
+                    assert "nonResourceURLs" not in rule
+            if doc["kind"].endswith("Binding"):
+                assert doc["roleRef"]["name"] not in ("cluster-admin", "admin", "edit"), doc
+    assert seen_rules > 10
+
+
+def test_secrets_are_readable_only_in_the_release_namespace(kaon_rig: Rig) -> None:
+    docs = documents(template(kaon_rig, "rbac.memberSecretNames={rig-east-kubeconfig}"))
+    rules = [(d["kind"], r) for d in docs if d["kind"] in RBAC_KINDS for r in d["rules"]]
+    secret_rules = [(kind, r) for kind, r in rules if "secrets" in r["resources"]]
+    only = {"resourceNames": ["rig-east-kubeconfig"], "verbs": ["get"]}
+    assert secret_rules == [("Role", {"apiGroups": [""], "resources": ["secrets"], **only})]
+
+
+def test_the_operator_identity_has_what_it_needs_and_nothing_more(
+    kaon_rig: Rig, operator_kubeconfig: Path
+) -> None:
+    sa = SA_USER
+    for allowed in (
+        ("list", "trainingjobs.kaon.dev", "-A"),
+        ("watch", "inferenceservices.kaon.dev", "-A"),
+        ("patch", "trainingjobs.kaon.dev", "--subresource=status", "-n", "team-x"),
+        ("patch", "computeclusters.kaon.dev", "--subresource=status"),
+        ("create", "events", "-n", "team-x"),
+        ("get", "secrets/rig-east-kubeconfig", "-n", RELEASE_NAMESPACE),
+        ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("patch", "clusterkopfpeerings.kopf.dev/kaon"),
+    ):
+        assert can_i(kaon_rig, sa, *allowed), allowed
+    for denied in (
+        ("update", "trainingjobs.kaon.dev", "-n", "team-x"),  # spec belongs to GitOps
+        ("create", "trainingjobs.kaon.dev", "-n", "team-x"),
+        ("patch", "computeclusters.kaon.dev"),
+        ("delete", "inferenceservices.kaon.dev", "-n", "team-x"),
+        ("list", "secrets", "-n", RELEASE_NAMESPACE),
+        ("get", "secrets", "-n", "default"),
+        ("create", "pods", "-n", "team-x"),  # workloads go to members, never the hub
+        ("patch", "clusterkopfpeerings.kopf.dev/someone-else"),
+        ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("delete", "events", "-n", "team-x"),
+    ):
+        assert not can_i(kaon_rig, sa, *denied), denied
+
+
+def test_the_operator_pod_meets_the_restricted_pod_security_standard(kaon_rig: Rig) -> None:
+    ns = f"kaon-pss-{uuid.uuid4().hex[:6]}"
+    labels = {f"pod-security.kubernetes.io/{m}": "restricted" for m in ("enforce", "warn")}
+    kaon_rig.core("hub").create_namespace({"metadata": {"name": ns, "labels": labels}})
+    try:
+        rendered = template(kaon_rig, "operator.replicas=1", namespace=ns)
+        deployment = [d for d in documents(rendered) if d["kind"] == "Deployment"]
+        done = run_kubectl(
+            kaon_rig, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(deployment[0])
+        )
+        assert done.returncode == 0, done.stderr
+        assert "PodSecurity" not in done.stderr, done.stderr
+        # The same check on a pod without a security context does warn: the check is live.
+        plain = json.loads(json.dumps(deployment[0]))
+        pod = plain["spec"]["template"]["spec"]
+        del pod["securityContext"], pod["containers"][0]["securityContext"]
+        done = run_kubectl(
+            kaon_rig, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(plain)
+        )
+        assert 'would violate PodSecurity "restricted' in done.stderr, done.stderr
+    finally:
+        kaon_rig.core("hub").delete_namespace(ns)
+
+
+# --- the namespaced user role ---------------------------------------------------------------
+
+
+@pytest.fixture
+def other_namespace(kaon_rig: Rig) -> Iterator[str]:
+    name = f"kaon-other-{uuid.uuid4().hex[:6]}"
+    kaon_rig.core("hub").create_namespace({"metadata": {"name": name}})
+    yield name
+    kaon_rig.core("hub").delete_namespace(name)
+
+
+def test_a_kaon_user_works_in_their_namespace_only(
+    kaon_rig: Rig, operator_kubeconfig: Path, namespace: str, other_namespace: str
+) -> None:
+    user = f"alice-{uuid.uuid4().hex[:6]}"
+    rbac = client.RbacAuthorizationV1Api(kaon_rig.api("hub"))
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "kaon-user"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{RELEASE}-user",
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        },
+    )
+    job = REPO / "examples" / "trainingjobs" / "lstm-cpu.yaml"
+    service = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {"name": "served"},
+        "spec": {"model": {"uri": "pvc://models/digits"}},
+    }
+    as_user = ("--as", user)
+    # RBAC bindings take effect at once, but give the authorizer's cache a moment.
+    wait_for(
+        lambda: can_i(kaon_rig, user, "create", "trainingjobs.kaon.dev", "-n", namespace),
+        bool,
+        "the RoleBinding in effect",
+        timeout_s=10,
+    )
+    created = run_kubectl(kaon_rig, *as_user, "-n", namespace, "apply", "-f", str(job))
+    assert created.returncode == 0, created.stderr
+    created = run_kubectl(
+        kaon_rig, *as_user, "-n", namespace, "create", "-f", "-", stdin=json.dumps(service)
+    )
+    assert created.returncode == 0, created.stderr
+    listed = run_kubectl(kaon_rig, *as_user, "-n", namespace, "get", "tj,isvc", "-o", "name")
+    assert listed.returncode == 0, listed.stderr
+    assert set(listed.stdout.split()) == {
+        "trainingjob.kaon.dev/lstm-cpu",
+        "inferenceservice.kaon.dev/served",
+    }
+    status = run_kubectl(
+        kaon_rig, *as_user, "-n", namespace, "get", "tj/lstm-cpu", "--subresource=status"
+    )
+    assert status.returncode == 0, status.stderr
+
+    # Another namespace's jobs, the member kubeconfigs, and anything but kaon's kinds: forbidden.
+    Jobs(kaon_rig.api("hub")).create(other_namespace, "theirs", {"model": {"family": "cnn"}})
+    for forbidden in (
+        ("-n", other_namespace, "get", "tj", "theirs"),
+        ("-n", other_namespace, "get", "tj"),
+        ("get", "tj", "-A"),
+        ("-n", RELEASE_NAMESPACE, "get", "secret", "rig-east-kubeconfig"),
+        ("-n", namespace, "get", "secrets"),
+        ("-n", namespace, "get", "pods"),
+        ("get", "computeclusters"),
+    ):
+        done = run_kubectl(kaon_rig, *as_user, *forbidden)
+        assert done.returncode != 0 and "Forbidden" in done.stderr, (forbidden, done.stdout)
+    assert not can_i(kaon_rig, user, "patch", "trainingjobs.kaon.dev", "--subresource=status")
+
+
+# --- kopf peering under the operator's identity ------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peers(kaon_rig: Rig) -> dict[str, Any]:
+    api = client.CustomObjectsApi(kaon_rig.api("hub"))
+    body = api.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "kaon")
+    return dict(body.get("status") or {})
+
+
+def set_peer(kaon_rig: Rig, ident: str, entry: dict[str, Any] | None) -> None:
+    api = client.CustomObjectsApi(kaon_rig.api("hub"))
+    api.patch_cluster_custom_object(
+        "kopf.dev", "v1", "clusterkopfpeerings", "kaon", {"status": {ident: entry}}
+    )
+
+
+def test_a_standby_replica_keeps_its_peering_entry_and_takes_over(
+    kaon_rig: Rig, operator_kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Two replicas: a (fake) active one with a higher priority, and a real `kaon run --peering`
+    as the chart's ServiceAccount, which stands by, then takes over once the active one is gone."""
+    active = "active-replica@test"
+    lastseen = datetime.now(UTC).isoformat()
+    set_peer(kaon_rig, active, {"priority": 1000, "lifetime": 300, "lastseen": lastseen})
+    health = f"http://127.0.0.1:{free_port()}/healthz"
+    args = ("--peering", "kaon", "--priority", "7", "--liveness", health)
+    no_metrics = {"KAON_METRICS_PORT": "0"}  # the session's operator serves them
+    standby = OperatorProcess(operator_kubeconfig, tmp_path / "standby.log", args, no_metrics)
+    standby.start()
+    try:
+        entries = wait_for(
+            lambda: peers(kaon_rig),
+            lambda p: any(v.get("priority") == 7 for v in p.values()),
+            "the standby's keep-alive in ClusterKopfPeering kaon",
+            timeout_s=30,
+        )
+        mine = next(k for k, v in entries.items() if v.get("priority") == 7)
+        assert "Resuming" not in standby.log_path.read_text()
+        # The probes of the chart's Deployment pass while it stands by: it is not restarted.
+        with urllib.request.urlopen(health, timeout=5) as answer:
+            assert answer.status == 200
+        set_peer(kaon_rig, active, None)  # the active replica is gone
+        wait_for(
+            standby.log_path.read_text,
+            lambda log: "Resuming operations after the pause" in log,
+            "the standby taking over",
+            timeout_s=30,
+        )
+    finally:
+        standby.stop()
+        set_peer(kaon_rig, active, None)
+    assert not standby.rbac_denials()
+    wait_for(lambda: peers(kaon_rig), lambda p: mine not in p, "its entry removed on exit", 15)
+
+
+# --- the member role, used for real ------------------------------------------------------------
+
+
+@pytest.fixture
+def least_privileged_member(kaon_rig: Rig, kaon_operator: OperatorProcess) -> Iterator[str]:
+    """West registered a second time, as ComputeCluster `west-least`, through the chart's member
+    identity (role=member on west, a TokenRequest token) instead of west's admin kubeconfig."""
+    name, secret = "west-least", "test-west-least-kubeconfig"
+    install_chart(kaon_rig, "role=member", cluster="west")
+    path = identity.write_kubeconfig("west", RELEASE_NAMESPACE, RELEASE, duration_s=3600)
+    kubeconfig = yaml.safe_dump(yaml.safe_load(path.read_text()))
+    core, objects = kaon_rig.core("hub"), client.CustomObjectsApi(kaon_rig.api("hub"))
+    core.create_namespaced_secret(
+        RELEASE_NAMESPACE,
+        {
+            "metadata": {"name": secret},
+            "data": {"kubeconfig": base64.b64encode(kubeconfig.encode()).decode()},
+        },
+    )
+    cluster = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ComputeCluster",
+        "metadata": {"name": name, "labels": {"kaon.dev/test-identity": "member-role"}},
+        "spec": {
+            "kubeconfigSecretRef": {"name": secret, "namespace": RELEASE_NAMESPACE},
+            # The most expensive pool of the rig: other tests' workloads never come here.
+            "pools": [{"name": "cpu", "nodeSelector": {"kaon.dev/pool": "cpu"}, "costPerHour": 99}],
+        },
+    }
+    objects.create_cluster_custom_object(GROUP, VERSION, "computeclusters", cluster)
+    try:
+        yield name
+    finally:
+        objects.delete_cluster_custom_object(GROUP, VERSION, "computeclusters", name)
+        core.delete_namespaced_secret(secret, RELEASE_NAMESPACE)
+        helm(kaon_rig, "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, cluster="west")
+
+
+def _deleted(api: Jobs, ns: str, name: str) -> bool:
+    try:
+        api.get(ns, name)
+        return False
+    except ApiException as exc:
+        return exc.status == 404
+
+
+def test_the_member_role_suffices_for_jobs_and_services(
+    kaon_rig: Rig, least_privileged_member: str, namespace: str, tmp_path: Path
+) -> None:
+    objects = client.CustomObjectsApi(kaon_rig.api("hub"))
+    wait_for(
+        lambda: objects.get_cluster_custom_object(
+            GROUP, VERSION, "computeclusters", least_privileged_member
+        ),
+        lambda cc: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (cc.get("status") or {}).get("conditions") or []
+        ),
+        "the member reachable with its least-privilege identity",
+    )
+    there = {"clusterSelector": {"matchLabels": {"kaon.dev/test-identity": "member-role"}}}
+    jobs = Jobs(kaon_rig.api("hub"))
+    services = Jobs(kaon_rig.api("hub"), "InferenceService", "inferenceservices")
+    jobs.create(
+        namespace,
+        "least",
+        {"model": {"family": "cnn"}, "workers": 2, "placement": there},
+        {"kaon.dev/sim-exit-code": "0", "kaon.dev/sim-duration": "600s"},
+    )
+    bound_claim(kaon_rig, "west", namespace, "models", tmp_path / "models")
+    services.create(
+        namespace,
+        "least",
+        {
+            "model": {"uri": "pvc://models/digits"},
+            "resources": {"cpu": 1, "memory": "1Gi"},
+            "placement": there,
+        },
+    )
+    job = jobs.wait_state(namespace, "least", "Running", timeout_s=90)
+    assert job["status"]["placement"]["cluster"] == least_privileged_member
+    svc = services.wait(namespace, "least", lambda s: state(s) == "Ready", "ready", 90)
+    assert svc["status"]["clusters"][0]["cluster"] == least_privileged_member
+
+    # Clean-up in the member (collection deletes, Service and Deployment removal) as well.
+    jobs.delete(namespace, "least")
+    services.delete(namespace, "least")
+    wait_for(lambda: _deleted(jobs, namespace, "least"), bool, "the job finalized", 60)
+    wait_for(lambda: _deleted(services, namespace, "least"), bool, "the service finalized", 60)
+    west = kaon_rig.core("west")
+    apps = client.AppsV1Api(kaon_rig.api("west"))
+    wait_for(
+        lambda: [
+            p.metadata.name
+            for p in west.list_namespaced_pod(namespace).items
+            if not p.metadata.deletion_timestamp
+        ],
+        lambda pods: not pods,
+        "the workers and servers gone from west",
+    )
+    assert not apps.list_namespaced_deployment(namespace).items
+    assert not west.list_namespaced_service(namespace).items
+
+
+def test_rig_operator_kubeconfig_prints_a_kubeconfig_of_the_chart_identity(
+    kaon_rig: Rig, operator_kubeconfig: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kaon.cli", "rig", "operator-kubeconfig"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    path = Path(done.stdout.strip())
+    config = yaml.safe_load(path.read_text())
+    hub = inline_kubeconfig(kaon_rig.kubeconfig("hub"))
+    assert config["clusters"][0]["cluster"] == hub["clusters"][0]["cluster"]
+    assert set(config["users"][0]["user"]) == {"token"}  # not the admin's client certificate
+    assert path.stat().st_mode & 0o077 == 0
+    who = subprocess.run(
+        [str(paths.kubectl_binary()), "--kubeconfig", str(path), "auth", "whoami"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert SA_USER in who.stdout
