@@ -13,9 +13,13 @@ kubectl apply -f crds/
 kubectl wait --for condition=established crd/trainingjobs.kaon.dev crd/computeclusters.kaon.dev \
   crd/inferenceservices.kaon.dev --timeout=60s
 
-step "the operator: kaon run (log in $KAON_RIG_DIR/operator.log)"
+step "kaon's Helm chart on the hub: RBAC, metrics Service (kwok nodes run no containers: operator.replicas=0)"
+helm upgrade --install kaon charts/kaon --namespace kaon-system --create-namespace --set operator.replicas=0
+
+step "the operator: kaon run under the chart's ServiceAccount (log in $KAON_RIG_DIR/operator.log)"
 pkill -f "kaon run" 2>/dev/null || true
-"$KAON" run >"$KAON_RIG_DIR/operator.log" 2>&1 &
+OPERATOR_KUBECONFIG=$("$KAON" rig operator-kubeconfig)
+KUBECONFIG="$OPERATOR_KUBECONFIG" "$KAON" run >"$KAON_RIG_DIR/operator.log" 2>&1 &
 OPERATOR=$!
 trap 'kill $OPERATOR 2>/dev/null || true' EXIT
 
@@ -81,6 +85,9 @@ echo "curl http://$ENDPOINT/v2/models/digits"
 curl -s "http://$ENDPOINT/v2/models/digits"; echo
 .venv/bin/python hack/ask_digits.py "$ENDPOINT" digits 200
 
+step "kaon status: clusters, pools, jobs and services at a glance"
+"$KAON" status
+
 step "why a job waited, and what happened to the flaky one"
 kubectl get events --field-selector involvedObject.kind=TrainingJob --sort-by=.lastTimestamp | tail -15
 
@@ -88,9 +95,11 @@ cat <<'NEXT'
 
 Try next (the rig stays up; the operator stops with this script):
   source <(.venv/bin/kaon rig env)       # kubectl and helm of the rig, KUBECONFIG at the hub
-  .venv/bin/kaon run &                   # the operator again
+  KUBECONFIG=$(.venv/bin/kaon rig operator-kubeconfig) .venv/bin/kaon run &   # the operator again, least privilege
   kubectl get tj -w                      # watch jobs
   kubectl get isvc -o wide               # the served model
+  .venv/bin/kaon status -w 2             # everything at a glance, redrawn every 2 s
+  curl -s localhost:8081/metrics | grep ^kaon_   # the operator's metrics (while it runs)
   kubectl explain trainingjob.spec.placement
   make rig-down                          # remove the rig
 NEXT

@@ -150,6 +150,16 @@ def test_metrics_service_and_an_optional_service_monitor(kaon_rig: Rig) -> None:
     assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
 
 
+def test_the_grafana_dashboard_ships_as_a_configmap_behind_a_value(kaon_rig: Rig) -> None:
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in documents(template(kaon_rig))}
+    assert ("ConfigMap", "kaon-dashboard") not in kinds
+    docs = documents(template(kaon_rig, "metrics.dashboard.enabled=true"))
+    (board,) = [d for d in docs if d["metadata"]["name"] == "kaon-dashboard"]
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(board["data"]["kaon.json"])
+    assert shipped == json.loads((CHART / "dashboards" / "kaon.json").read_text())
+
+
 @pytest.mark.parametrize(
     ("setting", "complaint"),
     [
