@@ -1,7 +1,7 @@
 """Credentials from a kubeconfig: server, TLS and the bearer token, without the kubernetes client.
 
-The operator keeps one client per member; importing the generated kubernetes client just to read
-kubeconfigs would cost it about 13 MiB of resident memory. Supported: the current context (or the
+kaon's clients (one per member) need nothing of the generated kubernetes client to read a
+kubeconfig. Supported: the current context (or the
 first), `certificate-authority(-data)`, `insecure-skip-tls-verify`, `client-certificate(-data)` +
 `client-key(-data)`, `token`, `tokenFile`, and `exec` plugins (client.authentication.k8s.io
 ExecCredential: a token or a client certificate). Legacy `auth-provider` entries are refused.
