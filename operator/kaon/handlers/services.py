@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
@@ -44,13 +43,6 @@ FAILOVER_AFTER_S = 10.0  # a member unreachable this long loses its replicas to 
 RETRY_S = 2.0
 
 ModelProblem = tuple[str, str]  # (reason, message)
-
-
-def _age_s(timestamp: str | None) -> float | None:
-    if not timestamp:
-        return None
-    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return (datetime.now(UTC) - then).total_seconds()
 
 
 def _is_ready(pod: Obj) -> bool:
@@ -365,7 +357,7 @@ class ServiceController:
             status.desired_replicas,
             recommended,
             spec.replicas,
-            _age_s(status.last_scale_time),
+            metrics.seconds_since(status.last_scale_time),
             spec.autoscaling.scale_down_delay_seconds,
         )
         changed = desired != status.desired_replicas
