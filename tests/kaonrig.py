@@ -229,13 +229,14 @@ def worker_pods(core: client.CoreV1Api, ns: str, job: str) -> list[client.V1Pod]
     return list(core.list_namespaced_pod(ns, label_selector=selector).items)
 
 
-def kubectl(kaon_rig: Rig, *args: str, cluster: str = "hub") -> str:
+def kubectl(kaon_rig: Rig, *args: str, cluster: str = "hub", stdin: str | None = None) -> str:
     """The rig's own kubectl, as a user runs it; its stdout."""
     return subprocess.run(
         [str(paths.kubectl_binary()), "--kubeconfig", str(kaon_rig.kubeconfig(cluster)), *args],
         check=True,
         capture_output=True,
         text=True,
+        input=stdin,
     ).stdout
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -56,17 +57,22 @@ def test_inventory_follows_pods_through_watches(kaon_rig: Rig, jobs: Jobs, names
     assert pool["free"]["gpus"] == 10
 
 
-def test_a_member_whose_secret_is_missing_says_so(kaon_rig: Rig) -> None:
-    api = client.CustomObjectsApi(kaon_rig.api("hub"))
-    body = {
+def member_manifest(name: str, secret: str, pool: str) -> dict[str, Any]:
+    """A ComputeCluster with one pool (named after the nodes' kaon.dev/pool label)."""
+    return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ComputeCluster",
-        "metadata": {"name": "nowhere"},
+        "metadata": {"name": name},
         "spec": {
-            "kubeconfigSecretRef": {"name": "no-such-secret", "namespace": "kaon-system"},
-            "pools": [{"name": "cpu", "nodeSelector": {"kaon.dev/pool": "cpu"}}],
+            "kubeconfigSecretRef": {"name": secret, "namespace": "kaon-system"},
+            "pools": [{"name": pool, "nodeSelector": {"kaon.dev/pool": pool}}],
         },
     }
+
+
+def test_a_member_whose_secret_is_missing_says_so(kaon_rig: Rig) -> None:
+    api = client.CustomObjectsApi(kaon_rig.api("hub"))
+    body = member_manifest("nowhere", "no-such-secret", "cpu")
     api.create_cluster_custom_object(GROUP, VERSION, "computeclusters", body)
     try:
         cc = wait_for(
@@ -76,6 +82,19 @@ def test_a_member_whose_secret_is_missing_says_so(kaon_rig: Rig) -> None:
         assert "kaon-system/no-such-secret" in ready(cc)["message"]
     finally:
         api.delete_cluster_custom_object(GROUP, VERSION, "computeclusters", "nowhere")
+
+
+def test_a_member_deleted_and_registered_again_reports_ready_again(kaon_rig: Rig) -> None:
+    manifest = member_manifest("west-again", "rig-west-kubeconfig", "no-such-pool")
+    for attempt in range(2):
+        kubectl(kaon_rig, "apply", "-f", "-", stdin=json.dumps(manifest))
+        cc = wait_for(
+            lambda: get_cc(kaon_rig, "west-again"),
+            lambda c: ready(c).get("status") == "True",
+            f"west-again Ready (registration {attempt + 1})",
+        )
+        assert [(p["name"], p["nodes"]) for p in cc["status"]["pools"]] == [("no-such-pool", 0)]
+        kubectl(kaon_rig, "delete", "computecluster", "west-again", "--wait=true")
 
 
 def test_kubectl_get_tj_shows_state_cluster_pool_and_workers(

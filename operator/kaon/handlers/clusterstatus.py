@@ -86,25 +86,50 @@ def pool_inventory(fleet: Fleet) -> Iterator[tuple[str, bool, list[tuple[str, di
         yield name, status.conditions[0].status == "True", pools
 
 
+class Published:
+    """What was last written to each ComputeCluster's status, to write only what changed.
+
+    Keyed by uid: a ComputeCluster deleted and created again under its name starts with no
+    status, so what was published for the old object must not count for the new one.
+    """
+
+    def __init__(self) -> None:
+        self._by_uid: dict[str, ComputeClusterStatus] = {}
+
+    def changed(
+        self, regs: list[Registered], generations: dict[str, int], now: str
+    ) -> list[tuple[Registered, ComputeClusterStatus]]:
+        for gone in self._by_uid.keys() - {reg.uid for reg in regs}:
+            del self._by_uid[gone]
+        out = []
+        for reg in regs:
+            old = self._by_uid.get(reg.uid)
+            status = cluster_status(
+                reg, old.conditions if old else [], generations.get(reg.name, 0), now
+            )
+            if old != status:
+                out.append((reg, status))
+        return out
+
+    def mark(self, reg: Registered, status: ComputeClusterStatus) -> None:
+        self._by_uid[reg.uid] = status
+
+
 async def publish_loop(hub: KubeClient, fleet: Fleet, generations: dict[str, int]) -> None:
-    published: dict[str, ComputeClusterStatus] = {}
+    published = Published()
     while True:
         await asyncio.sleep(PUBLISH_INTERVAL_S)
         await fleet.retry_problems()
-        for name, reg in list(fleet.clusters.items()):
+        regs = list(fleet.clusters.values())
+        for reg in regs:
             if reg.member and not reg.member.health.version and reg.member.health.reachable:
                 await reg.member.probe_version()
-            old = published.get(name)
-            status = cluster_status(
-                reg, old.conditions if old else [], generations.get(name, 0), now_rfc3339()
-            )
-            if old is not None and old == status:
-                continue
+        for reg, status in published.changed(regs, generations, now_rfc3339()):
             try:
                 await hub.merge_patch(
-                    paths.custom(API_VERSION, "computeclusters", None, name) + "/status",
+                    paths.custom(API_VERSION, "computeclusters", None, reg.name) + "/status",
                     {"status": status.model_dump(mode="json", by_alias=True)},
                 )
-                published[name] = status
+                published.mark(reg, status)
             except ApiError as exc:
-                log.info("status of ComputeCluster %s: %s", name, exc)
+                log.info("status of ComputeCluster %s: %s", reg.name, exc)

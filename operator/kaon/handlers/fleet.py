@@ -44,6 +44,10 @@ class Registered:
     problem: tuple[str, str] | None = None  # (reason, message) when no member could be made
     body: Obj = field(default_factory=dict)
 
+    @property
+    def uid(self) -> str:
+        return str(self.body.get("metadata", {}).get("uid", ""))
+
     def pool(self, name: str) -> PoolSpec | None:
         return next((p for p in self.spec.pools if p.name == name), None)
 
