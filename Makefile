@@ -13,7 +13,7 @@ KSERVE_REQ := tests/bench/requirements-kserve.txt
 KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell cat $(KSERVE_REQ) | sha256sum | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup rig-build rig-up rig-down rig-status test unit lint crds verify demo run bench clean
+.PHONY: help setup rig-build rig-up rig-down rig-status test unit lint crds verify demo run bench images clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -71,6 +71,18 @@ bench: rig-build ## benchmarks with same-run baselines; figures into .bench/resu
 	$(PY) tests/bench/kernels.py
 	$(PY) tests/bench/controlplane.py
 	$(PY) tests/bench/serving.py
+
+# The images the chart's values name (operator.image, runtime.image; the CUDA runtime adds -cuda).
+ENGINE ?= $(shell command -v docker || command -v podman)
+chart_value = $(shell sed -n '/^$(1):/,/^[a-z]/{/$(2):/{s/.*$(2): *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p;q}}' charts/kaon/values.yaml)
+OPERATOR_IMAGE := $(call chart_value,operator,repository):$(call chart_value,operator,tag)
+RUNTIME_IMAGE := $(call chart_value,runtime,repository):$(call chart_value,runtime,tag)
+
+images: ## build the operator and runtime images with docker or podman (ENGINE=...)
+	@test -n "$(ENGINE)" || { echo "make images: no container engine (docker or podman) found; set ENGINE=" >&2; exit 1; }
+	$(ENGINE) build -f images/operator.Dockerfile -t $(OPERATOR_IMAGE) .
+	$(ENGINE) build -f images/runtime-cpu.Dockerfile -t $(RUNTIME_IMAGE) .
+	$(ENGINE) build -f images/runtime-cuda.Dockerfile -t $(RUNTIME_IMAGE)-cuda .
 
 clean: ## remove the virtual environment and caches inside the repo
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench

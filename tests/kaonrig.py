@@ -224,6 +224,27 @@ def condition(job: dict[str, Any], type_: str) -> dict[str, Any]:
     return {}
 
 
+def events(kaon_rig: Rig, ns: str, kind: str, name: str) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the hub's Events on one object, oldest first."""
+    selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+    found = kaon_rig.core("hub").list_namespaced_event(ns, field_selector=selector).items
+    found.sort(key=lambda e: e.metadata.creation_timestamp)
+    return [(e.type, e.reason, e.message) for e in found]
+
+
+def wait_event(
+    kaon_rig: Rig, ns: str, kind: str, name: str, reason: str, timeout_s: float = 30.0
+) -> list[tuple[str, str, str]]:
+    """The object's Events once one with the reason is among them (the operator posts them
+    after the status write they follow)."""
+    return wait_for(
+        lambda: events(kaon_rig, ns, kind, name),
+        lambda evs: any(r == reason for _, r, _ in evs),
+        f"a {reason} Event on {kind} {ns}/{name}",
+        timeout_s,
+    )
+
+
 def worker_pods(core: client.CoreV1Api, ns: str, job: str) -> list[client.V1Pod]:
     selector = f"app.kubernetes.io/managed-by=kaon,kaon.dev/job-name={job}"
     return list(core.list_namespaced_pod(ns, label_selector=selector).items)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from kaonrig import GROUP, VERSION, Jobs, Rig, kubectl, wait_for
@@ -95,6 +97,35 @@ def test_a_member_deleted_and_registered_again_reports_ready_again(kaon_rig: Rig
         )
         assert [(p["name"], p["nodes"]) for p in cc["status"]["pools"]] == [("no-such-pool", 0)]
         kubectl(kaon_rig, "delete", "computecluster", "west-again", "--wait=true")
+
+
+def test_a_refused_member_recovers_when_its_secret_gets_a_good_kubeconfig(kaon_rig: Rig) -> None:
+    core = kaon_rig.core("hub")
+    good = core.read_namespaced_secret("rig-west-kubeconfig", "kaon-system").data["kubeconfig"]
+    config = yaml.safe_load(base64.b64decode(good))
+    for user in config["users"]:
+        user["user"] = {"token": "expired-or-revoked"}
+    bad = base64.b64encode(yaml.safe_dump(config).encode()).decode()
+    secret = {"metadata": {"name": "west-rotating"}, "data": {"kubeconfig": bad}}
+    core.create_namespaced_secret("kaon-system", secret)
+    manifest = member_manifest("west-rotating", "west-rotating", "no-such-pool")
+    try:
+        kubectl(kaon_rig, "apply", "-f", "-", stdin=json.dumps(manifest))
+        cc = wait_for(
+            lambda: get_cc(kaon_rig, "west-rotating"),
+            lambda c: ready(c).get("reason") == "BadCredentials",
+            "the member refusing the token",
+        )
+        assert ready(cc)["status"] == "False" and "401" in ready(cc)["message"]
+        core.patch_namespaced_secret("west-rotating", "kaon-system", {"data": {"kubeconfig": good}})
+        wait_for(
+            lambda: get_cc(kaon_rig, "west-rotating"),
+            lambda c: ready(c).get("status") == "True",
+            "Ready with the kubeconfig now in the Secret",
+        )
+    finally:
+        kubectl(kaon_rig, "delete", "computecluster", "west-rotating", "--ignore-not-found")
+        core.delete_namespaced_secret("west-rotating", "kaon-system")
 
 
 def test_kubectl_get_tj_shows_state_cluster_pool_and_workers(

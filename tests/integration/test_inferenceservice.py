@@ -16,7 +16,7 @@ from kubernetes import client
 
 from kaon.rig import rig
 
-from kaonrig import Jobs, Rig, bound_claim, condition, kubectl, state, wait_for
+from kaonrig import Jobs, Rig, bound_claim, condition, kubectl, state, wait_event, wait_for
 
 pytestmark = pytest.mark.usefixtures("kaon_operator")
 
@@ -247,6 +247,10 @@ def test_replicas_move_to_another_cluster_when_theirs_stops_answering(
     finally:
         rig.start_cluster("west")
     assert len(server_pods(kaon_rig.core("east"), namespace, "steady")) == 1
+    seen = wait_event(kaon_rig, namespace, "InferenceService", "steady", "FailedOver")
+    ((type_, _, message),) = [e for e in seen if e[1] == "FailedOver"]
+    assert type_ == "Warning" and message.startswith("cluster west unreachable for 10s")
+    assert message.endswith("replicas now in east/cpu")
     # Back again, west loses what it ran: the service lives in east now.
     wait_for(
         lambda: deployments(kaon_rig, "west", namespace),

@@ -9,7 +9,17 @@ import pytest
 
 from kaon.rig import rig
 
-from kaonrig import Jobs, OperatorProcess, Rig, condition, sim_pod, state, wait_for, worker_pods
+from kaonrig import (
+    Jobs,
+    OperatorProcess,
+    Rig,
+    condition,
+    sim_pod,
+    state,
+    wait_event,
+    wait_for,
+    worker_pods,
+)
 
 pytestmark = pytest.mark.usefixtures("kaon_operator")
 
@@ -17,6 +27,7 @@ SIM_OK = {"kaon.dev/sim-exit-code": "0", "kaon.dev/sim-duration": "3s"}
 LONG_RUN = {"kaon.dev/sim-exit-code": "0", "kaon.dev/sim-duration": "600s"}
 A100_ONLY = {"poolPreferences": [{"type": "gpu", "accelerator": "nvidia-a100"}]}
 EAST = {"clusterSelector": {"matchLabels": {"region": "us-east"}}}
+KIND = "TrainingJob"
 
 
 def spec(
@@ -102,11 +113,18 @@ def test_waiting_job_says_why_and_is_admitted_when_capacity_frees(
     admitted = condition(job, "Admitted")
     assert admitted["status"] == "False" and admitted["reason"] == "InsufficientGPU"
     assert admitted["message"].startswith("pool gpu-a100 in cluster east has 0 of 16 GPUs free")
+    ((type_, _, message),) = [
+        e for e in wait_event(kaon_rig, namespace, KIND, "patient", "Waiting") if e[1] == "Waiting"
+    ]
+    assert type_ == "Normal" and message.startswith(f"InsufficientGPU: {admitted['message']}")
     for i in range(2):
         kaon_rig.core("east").delete_namespaced_pod(f"blocker-gpu-a100-{i}", namespace)
     job = jobs.wait_state(namespace, "patient", "Running", "Succeeded")
     assert job["status"]["placement"]["pool"] == "gpu-a100"
     jobs.wait_state(namespace, "patient", "Succeeded")
+    seen = wait_event(kaon_rig, namespace, KIND, "patient", "Succeeded")
+    assert ("Normal", "Placed", "pool gpu-a100 in cluster east") in seen
+    assert sorted(r for _, r, _ in seen) == ["Placed", "Succeeded", "Waiting"]
 
 
 def test_gang_is_rolled_back_when_a_worker_cannot_be_created(
@@ -147,9 +165,12 @@ def test_worker_failure_restarts_the_gang_which_then_succeeds(
     cluster = job["status"]["placement"]["cluster"]
     names = sorted(p.metadata.name for p in worker_pods(kaon_rig.core(cluster), namespace, "flaky"))
     assert names == ["flaky-a1-w0", "flaky-a1-w1"]
+    seen = wait_event(kaon_rig, namespace, KIND, "flaky", "Succeeded")
+    ((type_, _, message),) = [e for e in seen if e[1] == "GangRestarted"]
+    assert type_ == "Warning" and message.endswith("(charged to backoffLimit)")
 
 
-def test_backoff_exhausted_fails_the_job(jobs: Jobs, namespace: str) -> None:
+def test_backoff_exhausted_fails_the_job(kaon_rig: Rig, jobs: Jobs, namespace: str) -> None:
     always = {"kaon.dev/sim-exit-code": "7", "kaon.dev/sim-duration": "1s"}
     jobs.create(namespace, "doomed", spec(workers=1, runPolicy={"backoffLimit": 1}), always)
     job = jobs.wait_state(namespace, "doomed", "Failed")
@@ -157,6 +178,8 @@ def test_backoff_exhausted_fails_the_job(jobs: Jobs, namespace: str) -> None:
     assert failed["reason"] == "BackoffLimitExceeded"
     assert "exited with code 7" in failed["message"]
     assert job["status"]["restarts"] == 1
+    seen = wait_event(kaon_rig, namespace, KIND, "doomed", "BackoffLimitExceeded")
+    assert ("Warning", "BackoffLimitExceeded", failed["message"]) in seen
 
 
 def test_worker_lost_with_its_node_is_not_charged(

@@ -196,3 +196,28 @@ def test_hadolint_finds_nothing(name: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_make_images_builds_what_the_chart_values_name() -> None:
+    dry = subprocess.run(
+        ["make", "-n", "images", "ENGINE=docker"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    builds = [line.split() for line in dry.stdout.splitlines() if line.startswith("docker build")]
+    operator, runtime = VALUES["operator"]["image"], VALUES["runtime"]["image"]
+    assert [(b[3], b[5]) for b in builds] == [
+        ("images/operator.Dockerfile", f"{operator['repository']}:{operator['tag']}"),
+        ("images/runtime-cpu.Dockerfile", f"{runtime['repository']}:{runtime['tag']}"),
+        ("images/runtime-cuda.Dockerfile", f"{runtime['repository']}:{runtime['tag']}-cuda"),
+    ]
+
+
+def test_make_images_without_a_container_engine_says_so() -> None:
+    done = subprocess.run(
+        ["make", "images", "ENGINE="], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert done.returncode != 0
+    assert "no container engine (docker or podman)" in done.stderr

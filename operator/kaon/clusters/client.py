@@ -53,9 +53,9 @@ class KubeClient:
     def __init__(self, kubeconfig: Mapping[str, Any], max_connections: int = 64) -> None:
         creds = credentials(kubeconfig)
         self.server: str = creds.server
+        self._kubeconfig = kubeconfig
+        self._token = creds.token
         self._headers = {"Accept": "application/json"}
-        if creds.token:
-            self._headers["Authorization"] = f"Bearer {creds.token}"
         self._ssl = creds.ssl
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -77,6 +77,26 @@ class KubeClient:
         if self._session is not None:
             await self._session.close()
 
+    def _auth(self, headers: dict[str, str]) -> dict[str, str]:
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    async def _refreshed_token(self) -> bool:
+        """After a 401: read the credentials again; True if the token changed.
+
+        Projected ServiceAccount tokens (`tokenFile`, in-cluster) are rotated by the kubelet and
+        exec plugins hand out short-lived ones: a long-running operator must pick up the new one.
+        """
+        try:
+            creds = await asyncio.to_thread(credentials, self._kubeconfig)
+        except Exception:  # the same credentials error will surface as the 401 itself
+            return False
+        if creds.token == self._token:
+            return False
+        self._token = creds.token
+        return True
+
     async def request(
         self,
         method: str,
@@ -92,21 +112,27 @@ class KubeClient:
         if body is not None:
             data = json.dumps(body) if not isinstance(body, str) else body
             headers["Content-Type"] = content_type
-        try:
-            async with self.session.request(
-                method,
-                self.server + path,
-                data=data,
-                params=params,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as resp:
-                text = await resp.text()
-                if resp.status >= 400:
-                    raise _api_error(resp.status, text)
-                return cast(Obj, json.loads(text)) if text else {}
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ApiError(0, "Unreachable", f"{self.server}: {exc or type(exc).__name__}") from exc
+        for retry in (False, True):
+            try:
+                async with self.session.request(
+                    method,
+                    self.server + path,
+                    data=data,
+                    params=params,
+                    headers=self._auth(headers),
+                    timeout=aiohttp.ClientTimeout(total=timeout_s),
+                ) as resp:
+                    text = await resp.text()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                reason = f"{self.server}: {exc or type(exc).__name__}"
+                raise ApiError(0, "Unreachable", reason) from exc
+            if status == 401 and not retry and await self._refreshed_token():
+                continue
+            if status >= 400:
+                raise _api_error(status, text)
+            break
+        return cast(Obj, json.loads(text)) if text else {}
 
     async def get(self, path: str, **params: str) -> Obj:
         return await self.request("GET", path, params=params or None)
@@ -157,11 +183,14 @@ class KubeClient:
             async with self.session.get(
                 self.server + path,
                 params=query,
+                headers=self._auth({}),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=10, sock_read=timeout_s + 30
                 ),
             ) as resp:
                 if resp.status >= 400:
+                    if resp.status == 401:
+                        await self._refreshed_token()  # the watch is started again with it
                     raise _api_error(resp.status, await resp.text())
                 async for line in resp.content:
                     if not line.strip():

@@ -97,9 +97,11 @@ class Fleet:
         log.info("member %s: watching %s", name, client.server)
 
     async def retry_problems(self) -> None:
-        """Try again where the kubeconfig was missing or unusable (e.g. the Secret came later)."""
+        """Read the Secret again where the kubeconfig was missing or unusable (e.g. the Secret
+        came later) or the member refuses it (an expired token, replaced in the Secret)."""
         for reg in list(self.clusters.values()):
-            if reg.problem:
+            refused = reg.member is not None and reg.member.health.reason == "BadCredentials"
+            if reg.problem or refused:
                 await self.upsert(reg.body)
 
     async def remove(self, name: str) -> None:

@@ -168,12 +168,13 @@ class ServiceController:
         home = self._home_cluster(key[0], spec.model)
         if home and not current:
             current = self._first_slot(key, spec, home)
+        lost = self._lost({s.cluster for s in current})
         plan = place_service(
             replica_demand(f"{key[0]}/{key[1]}", spec),
             spec.placement.clusters,
             self.fleet.offers(self.reservations()),
             current,
-            self._lost({s.cluster for s in current}),
+            lost,
         )
         await self._remove_everywhere_but(key, {s.cluster for s in plan.slots})
         if not plan.slots:
@@ -189,7 +190,15 @@ class ServiceController:
             for placed in plan.slots:
                 metrics.placement("inferenceservice", placed)
             where = ", ".join(f"{s.cluster}/{s.pool}" for s in plan.slots)
-            await self._event(body, "Normal", "Placed", f"replicas in {where}")
+            moved_from = sorted(lost & {c.cluster for c in status.clusters})
+            if moved_from:
+                message = (
+                    f"cluster {', '.join(moved_from)} unreachable for {FAILOVER_AFTER_S:.0f}s: "
+                    f"replicas now in {where}"
+                )
+                await self._event(body, "Warning", "FailedOver", message)
+            else:
+                await self._event(body, "Normal", "Placed", f"replicas in {where}")
         desired, scaled_at = self._desired(key, spec, status, plan.slots, now)
         if desired != (status.desired_replicas or spec.replicas.min):
             verb = "ScaledUp" if desired > status.desired_replicas else "ScaledDown"
