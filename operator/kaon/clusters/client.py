@@ -106,7 +106,10 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
         timeout_s: float = 30.0,
+        answer: bool = True,
     ) -> Obj:
+        """The decoded answer; {} when `answer` is False (a created pod is ~8 KB of JSON that
+        the member's watch delivers anyway: decoding it again costs CPU at thousands of pods)."""
         data = None
         headers = {}
         if body is not None:
@@ -122,8 +125,12 @@ class KubeClient:
                     headers=self._auth(headers),
                     timeout=aiohttp.ClientTimeout(total=timeout_s),
                 ) as resp:
-                    text = await resp.text()
                     status = resp.status
+                    if answer or status >= 400:
+                        text = await resp.text()
+                    else:  # read, not decoded: an unread body would close the connection
+                        await resp.read()
+                        text = ""
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = f"{self.server}: {exc or type(exc).__name__}"
                 raise ApiError(0, "Unreachable", reason) from exc
@@ -137,8 +144,8 @@ class KubeClient:
     async def get(self, path: str, **params: str) -> Obj:
         return await self.request("GET", path, params=params or None)
 
-    async def create(self, path: str, body: Obj) -> Obj:
-        return await self.request("POST", path, body=body)
+    async def create(self, path: str, body: Obj, answer: bool = True) -> Obj:
+        return await self.request("POST", path, body=body, answer=answer)
 
     async def merge_patch(self, path: str, patch: Obj) -> Obj:
         return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)

@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -40,13 +39,6 @@ UNREACHABLE_RETRY_S = 2.0
 EXPECTATION_TTL_S = 30.0
 COUNTS_INTERVAL_S = 1.0  # at most one status write a second for worker counts alone
 LAUNCHED_ALONE_S = 10.0  # `launched` waits this long for a write to ride along with
-
-
-def _age_s(timestamp: str | None) -> float | None:
-    if not timestamp:
-        return None
-    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return (datetime.now(UTC) - then).total_seconds()
 
 
 class Controller:
@@ -193,7 +185,7 @@ class Controller:
             launched=status.launched,
             restarts=status.restarts,
             backoff_limit=spec.run_policy.backoff_limit,
-            seconds_since_admitted=_age_s(status.admitted_at),
+            seconds_since_admitted=metrics.seconds_since(status.admitted_at),
             active_deadline_seconds=spec.run_policy.active_deadline_seconds,
         )
         action = next_action(view, current)
@@ -281,7 +273,7 @@ class Controller:
         ttl = spec.run_policy.ttl_seconds_after_finished
         if ttl is None:
             return None
-        left = ttl - (_age_s(status.completion_time) or 0)
+        left = ttl - (metrics.seconds_since(status.completion_time) or 0)
         if left > 0:
             return left + 0.5
         await hubio.delete(self.hub, PLURAL, body)

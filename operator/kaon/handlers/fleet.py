@@ -148,6 +148,17 @@ class Fleet:
         reg = self.clusters.get(name)
         return reg.member if reg else None
 
+    def cleanup_member(self, cluster: str) -> tuple[Member | None, bool]:
+        """(the member to remove objects from, or None; if None: whether that is done).
+
+        An unregistered cluster holds nothing kaon can reach: done. A registered one that does
+        not answer now is tried again later: not done.
+        """
+        member = self.member(cluster)
+        if member is None or not member.ready:
+            return None, member is None and cluster not in self.clusters
+        return member, False
+
     def pool(self, cluster: str, pool: str) -> PoolSpec | None:
         reg = self.clusters.get(cluster)
         return reg.pool(pool) if reg else None

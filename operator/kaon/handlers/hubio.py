@@ -60,6 +60,6 @@ async def post_event(
         "count": 1,
     }
     try:
-        await hub.create(paths.events(ns), event)
+        await hub.create(paths.events(ns), event, answer=False)
     except ApiError as exc:
         log.debug("event %s on %s: %s", reason, meta["name"], exc)

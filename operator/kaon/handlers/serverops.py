@@ -66,11 +66,9 @@ class ServerOps:
 
     async def remove_all(self, key: JobKey, cluster: str) -> bool:
         """Delete the service's Deployments and Service in the cluster; False if not yet done."""
-        member = self.fleet.member(cluster)
+        member, done = self.fleet.cleanup_member(cluster)
         if member is None:
-            return cluster not in self.fleet.clusters  # unregistered: nothing we can reach
-        if not member.ready:
-            return False
+            return done
         ns, name = key
         selector = service_selector(name)
         deployments = paths.collection(*DEPLOYMENTS, ns)

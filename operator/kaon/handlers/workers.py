@@ -62,7 +62,7 @@ class WorkerOps:
             for r in ranks
         ]
         results = await asyncio.gather(
-            *(member.client.create(paths.pods(job.namespace), p) for p in pods),
+            *(member.client.create(paths.pods(job.namespace), p, answer=False) for p in pods),
             return_exceptions=True,
         )
         for pod, result in zip(pods, results, strict=True):
@@ -103,11 +103,9 @@ class WorkerOps:
         server that has just come back may answer before it serves everything, so a 404 or an
         error is never taken as success.
         """
-        member = self.fleet.member(cluster)
+        member, done = self.fleet.cleanup_member(cluster)
         if member is None:
-            return cluster not in self.fleet.clusters  # unregistered: nothing we can reach
-        if not member.ready:
-            return False
+            return done
         ns, name = key
         selector = job_selector(name)
         try:
