@@ -284,9 +284,18 @@ def _wait_agent_nodes(config: RigConfig) -> None:
                 time.sleep(0.5)
 
 
-def stop_cluster(name: str) -> None:
-    """Stop a cluster's processes, keeping its state (a member that went away)."""
+def stop_cluster(name: str, timeout_s: float = 30.0) -> None:
+    """Stop a cluster's processes, keeping its state (a member that went away).
+
+    kwokctl returns once it has signalled them; an API server still shutting down holds its
+    port, and a start before it has gone fails with "address already in use". So this waits.
+    """
     _kwokctl("stop", "cluster", "--name", name)
+    deadline = time.monotonic() + timeout_s
+    while _cluster_processes(name):
+        if time.monotonic() > deadline:
+            raise RigError(f"cluster {name}: processes still running {timeout_s:.0f}s after stop")
+        time.sleep(0.2)
 
 
 def start_cluster(name: str) -> None:
@@ -297,6 +306,21 @@ def start_cluster(name: str) -> None:
         raise RigError(f"cluster {name} did not answer after start")
     with api_client(kubeconfig) as api:
         reclaim_kwok_leases(api)
+
+
+def _cluster_processes(name: str) -> list[int]:
+    """Processes kwokctl started for the cluster: their argv[0] is in the cluster's bin/ (links
+    to the cached binaries, so /proc/PID/exe does not tell)."""
+    bin_dir = str(paths.rig_dir() / "clusters" / name / "bin") + os.sep
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        if argv0.startswith(bin_dir):
+            pids.append(int(proc.name))
+    return pids
 
 
 def _leftover_processes() -> list[int]:
