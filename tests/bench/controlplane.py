@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -260,8 +262,15 @@ async def with_kaon(
 ) -> dict[str, Any]:
     log = paths.rig_dir() / "bench-operator.log"
     env = dict(os.environ, KUBECONFIG=str(paths.kubeconfig_path("hub")))
+    command = [sys.executable, "-m", "kaon.cli", "run"]
+    profile = os.environ.get("KAON_BENCH_PROFILE")  # py-spy's output file: where the time goes
+    if profile:
+        py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        if py_spy is None:
+            raise SystemExit("KAON_BENCH_PROFILE needs py-spy: pip install py-spy")
+        command = [py_spy, "record", "--format", "raw", "-o", profile, "--", *command]
     op = subprocess.Popen(
-        [sys.executable, "-m", "kaon.cli", "run"],
+        command,
         env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -304,8 +313,8 @@ async def with_kaon(
         await watcher.stop()
         return {"elapsed": elapsed, "waits": waits, "cpu": cpu, "rss": memory}
     finally:
-        op.terminate()
-        op.wait(30)
+        op.send_signal(signal.SIGINT if profile else signal.SIGTERM)  # py-spy writes on SIGINT
+        op.wait(60)
 
 
 async def cleanup(hub: KubeClient, members: dict[str, KubeClient]) -> None:
