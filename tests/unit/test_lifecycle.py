@@ -1,5 +1,6 @@
 from typing import Any
 
+from kaon.api.trainingjob import TrainingJobStatus
 from kaon.lifecycle import (
     Fail,
     JobView,
@@ -11,6 +12,7 @@ from kaon.lifecycle import (
     next_action,
     observe_pod,
 )
+from kaon.lifecycle import status as transitions
 
 
 def pod(phase: str, *, code: int | None = None, reason: str = "", **extra: Any) -> dict[str, Any]:
@@ -106,3 +108,14 @@ def test_deadline_fails_the_job() -> None:
     view = JobView(2, 0, True, 0, 2, seconds_since_admitted=61, active_deadline_seconds=60)
     got = run(observe_pod(pod("Running"), 0), observe_pod(pod("Running"), 1), view=view)
     assert isinstance(got, Fail) and got.reason == "DeadlineExceeded"
+
+
+def test_a_job_waits_as_said_only_with_the_same_reason_and_message() -> None:
+    fresh = TrainingJobStatus()
+    assert not transitions.waits_as_said(fresh, "InsufficientGPU", "pool a has 0 of 8 GPUs free")
+    waiting = transitions.waiting(
+        fresh, "InsufficientGPU", "pool a has 0 of 8 GPUs free", 1, "2026-11-23T00:00:00Z"
+    )
+    assert transitions.waits_as_said(waiting, "InsufficientGPU", "pool a has 0 of 8 GPUs free")
+    assert not transitions.waits_as_said(waiting, "InsufficientGPU", "pool a has 2 of 8 GPUs free")
+    assert not transitions.waits_as_said(waiting, "InsufficientCPU", "pool a has 0 of 8 GPUs free")

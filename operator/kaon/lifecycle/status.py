@@ -24,6 +24,16 @@ def waiting(
     return _with(s, gen, state="Waiting", placement=None)
 
 
+def waits_as_said(s: TrainingJobStatus, reason: str, message: str) -> bool:
+    """The job waits and its status already says so, with this reason and message."""
+    admitted = next((c for c in s.conditions if c.type == "Admitted"), None)
+    return (
+        s.state == "Waiting"
+        and admitted is not None
+        and (admitted.reason, admitted.message) == (reason, message)
+    )
+
+
 def admitted(
     s: TrainingJobStatus, placement: JobPlacement, workers: int, gen: int, now: str
 ) -> TrainingJobStatus:
