@@ -247,6 +247,11 @@ class AdmissionClock:
     def start(self) -> None:
         self.task = asyncio.create_task(self._watch())
 
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
     async def _watch(self) -> None:
         path = rest.custom(API_VERSION, "trainingjobs", NS)
         rv = (await self.hub.get(path))["metadata"]["resourceVersion"]
@@ -305,6 +310,7 @@ async def with_kaon(
         elapsed = time.monotonic() - t0
         cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu_seconds().items()}
         waits = sorted(clock.admitted[k] - created[k] for k in created if k in clock.admitted)
+        await clock.stop()
         # More jobs than fit: the operator now holds 2N live jobs, N of them waiting.
         await bounded(create(i) for i in range(n, 2 * n))
         progress(f"kaon: {2 * n} jobs live")
