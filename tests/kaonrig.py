@@ -250,15 +250,24 @@ def worker_pods(core: client.CoreV1Api, ns: str, job: str) -> list[client.V1Pod]
     return list(core.list_namespaced_pod(ns, label_selector=selector).items)
 
 
-def kubectl(kaon_rig: Rig, *args: str, cluster: str = "hub", stdin: str | None = None) -> str:
-    """The rig's own kubectl, as a user runs it; its stdout."""
+def run_kubectl(
+    kaon_rig: Rig, *args: str, stdin: str | None = None, cluster: str = "hub"
+) -> subprocess.CompletedProcess[str]:
+    """The rig's kubectl as admin (or as whoever --as names); never raises on failure."""
     return subprocess.run(
         [str(paths.kubectl_binary()), "--kubeconfig", str(kaon_rig.kubeconfig(cluster)), *args],
-        check=True,
+        input=stdin,
         capture_output=True,
         text=True,
-        input=stdin,
-    ).stdout
+        check=False,
+    )
+
+
+def kubectl(kaon_rig: Rig, *args: str, cluster: str = "hub", stdin: str | None = None) -> str:
+    """The rig's own kubectl, as a user runs it; its stdout (CalledProcessError on failure)."""
+    done = run_kubectl(kaon_rig, *args, stdin=stdin, cluster=cluster)
+    done.check_returncode()
+    return done.stdout
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -113,7 +113,8 @@ def _rig_operator_kubeconfig(args: argparse.Namespace) -> int:
     namespace = args.namespace or identity.DEFAULT_NAMESPACE
     account = args.service_account or identity.DEFAULT_SERVICE_ACCOUNT
     try:
-        path = identity.write_kubeconfig(args.cluster, namespace, account, args.duration)
+        duration = args.duration or identity.DEFAULT_DURATION_S
+        path = identity.write_kubeconfig(args.cluster, namespace, account, duration)
     except ApiException as exc:
         print(
             f"kaon: no token for ServiceAccount {namespace}/{account} "
@@ -278,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
     ok.add_argument("--cluster", default="hub", help="rig cluster (default: hub)")
     ok.add_argument("--namespace", help="the release namespace (default: kaon-system)")
     ok.add_argument("--service-account", help="its name (default: kaon)")
-    ok.add_argument("--duration", type=int, default=24 * 3600, help="token lifetime in seconds")
+    ok.add_argument("--duration", type=int, help="token lifetime in seconds (default: a day)")
     ok.set_defaults(func=_rig_operator_kubeconfig)
     ag = rig_sub.add_parser(
         "agent", help="serve an agent pool's node: run its pods as local processes (dev tool)"

@@ -36,6 +36,7 @@ from kaonrig import (
     bound_claim,
     helm,
     install_chart,
+    run_kubectl,
     state,
     wait_for,
 )
@@ -51,19 +52,6 @@ def template(kaon_rig: Rig, *sets: str, namespace: str = RELEASE_NAMESPACE) -> s
 
 def documents(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
-
-
-def run_kubectl(
-    kaon_rig: Rig, *args: str, stdin: str | None = None, cluster: str = "hub"
-) -> subprocess.CompletedProcess[str]:
-    """The rig's kubectl as admin (or as whoever --as names); never raises on failure."""
-    return subprocess.run(
-        [str(paths.kubectl_binary()), "--kubeconfig", str(kaon_rig.kubeconfig(cluster)), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def can_i(kaon_rig: Rig, user: str, *args: str) -> bool:

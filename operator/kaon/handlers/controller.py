@@ -28,6 +28,7 @@ from kaon.handlers.workers import WorkerOps
 from kaon.handlers.workqueue import WorkQueue
 from kaon.lifecycle import Fail, JobView, Launch, Observe, Restart, Succeed, next_action
 from kaon.lifecycle import status as transitions
+from kaon.lifecycle.conditions import find_condition
 from kaon.lifecycle.workers import WorkerState, observe_pod
 from kaon.placement import Placed, Unplaceable, Waiting, gang_demand, plan
 
@@ -434,7 +435,7 @@ class Controller:
                     await self._patch(
                         body, transitions.waiting(status, outcome.reason, outcome.message, gen, now)
                     )
-                    current = next((c for c in status.conditions if c.type == "Admitted"), None)
+                    current = find_condition(status.conditions, "Admitted")
                     if current is None or current.reason != outcome.reason:
                         await self._event(
                             body, "Normal", "Waiting", f"{outcome.reason}: {outcome.message}"

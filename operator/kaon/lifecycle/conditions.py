@@ -11,6 +11,10 @@ from kaon.api.common import Condition
 S = TypeVar("S", bound=BaseModel)  # a status model with `conditions` and `observed_generation`
 
 
+def find_condition(conditions: list[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
 def set_condition(
     conditions: list[Condition],
     type_: str,
@@ -21,7 +25,7 @@ def set_condition(
     now: str,
 ) -> list[Condition]:
     value = status if isinstance(status, str) else ("True" if status else "False")
-    old = next((c for c in conditions if c.type == type_), None)
+    old = find_condition(conditions, type_)
     changed = old is None or old.status != value
     new = Condition(
         type=type_,

@@ -7,7 +7,7 @@ import json
 from pydantic import ValidationError
 
 from kaon.api.trainingjob import JobPlacement, Progress, TrainingJobStatus, WorkerCounts
-from kaon.lifecycle.conditions import with_condition, with_generation
+from kaon.lifecycle.conditions import find_condition, with_condition, with_generation
 from kaon.lifecycle.decide import Observe, Restart, Succeed
 
 TERMINAL = ("Succeeded", "Failed")
@@ -26,7 +26,7 @@ def waiting(
 
 def waits_as_said(s: TrainingJobStatus, reason: str, message: str) -> bool:
     """The job waits and its status already says so, with this reason and message."""
-    admitted = next((c for c in s.conditions if c.type == "Admitted"), None)
+    admitted = find_condition(s.conditions, "Admitted")
     return (
         s.state == "Waiting"
         and admitted is not None
@@ -169,4 +169,4 @@ def resumed(s: TrainingJobStatus, gen: int, now: str) -> TrainingJobStatus:
 
 
 def _has(s: TrainingJobStatus, type_: str) -> bool:
-    return any(c.type == type_ for c in s.conditions)
+    return find_condition(s.conditions, type_) is not None
