@@ -1,9 +1,12 @@
 """Control-plane benchmark: N TrainingJobs x 4 workers over two members, against the raw limit.
 
-Raw limit: a tight asyncio client creating the same worker pods directly in the members. Both
-are timed from the first request to every worker pod Running, on the same rig in the same run.
+Three runs on the same rig, each timed from the first request to every worker pod Running:
+- raw: a tight asyncio client creating the same worker pods directly in the members;
+- floor: a tight client making every API write kaon must make per job (see `floor_limit`),
+  with no decisions: what any operator of this design could reach on this machine;
+- kaon: the operator, as `kaon run` starts it.
 Also: per-job time to admission (p50, p99), the operator's resident memory at 2N live jobs, and
-the CPU seconds each process kind used while kaon worked (what limits it).
+for each run the CPU seconds of every rig process and the writes each API server answered.
 """
 
 from __future__ import annotations
@@ -12,26 +15,31 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from results import record, table
 
-from kaon.api.common import API_VERSION
+from kaon.api.common import API_VERSION, now_rfc3339
 from kaon.api.computecluster import PoolSpec
 from kaon.api.settings import Settings
-from kaon.api.trainingjob import TrainingJobSpec
-from kaon.builders.worker import JobRef, worker_identity, worker_pod
+from kaon.api.trainingjob import JobPlacement, TrainingJobSpec, TrainingJobStatus
+from kaon.builders.names import FINALIZER, JOB_LABEL
+from kaon.builders.worker import JobRef, rendezvous_service, worker_identity, worker_pod
 from kaon.clusters import paths as rest
 from kaon.clusters.client import ApiError, KubeClient, Obj
+from kaon.handlers import hubio
+from kaon.lifecycle import status as transitions
+from kaon.lifecycle.decide import Observe
 from kaon.rig import paths, rig
 from kaon.rig.config import RigPool, load_config, node_manifest
 
@@ -69,13 +77,24 @@ async def ignore_conflict(coro: Awaitable[Obj]) -> None:
             raise
 
 
+JobRunning = Callable[[str], None]
+
+
 class RunningPods:
     """Counts Running worker pods in the bench namespace of each member, by watching."""
 
-    def __init__(self, members: dict[str, KubeClient]) -> None:
+    def __init__(
+        self,
+        members: dict[str, KubeClient],
+        on_job_running: JobRunning | None = None,
+        workers: int = 0,
+    ) -> None:
         self.members = members
         self.running: dict[str, set[str]] = {m: set() for m in members}
         self.tasks: list[asyncio.Task[None]] = []
+        self.on_job_running = on_job_running  # called once a job has `workers` pods Running
+        self.workers = workers
+        self.job_running: dict[str, int] = {}
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._watch(m, c)) for m, c in self.members.items()]
@@ -103,6 +122,11 @@ class RunningPods:
     def _apply(self, member: str, kind: str, pod: Obj) -> None:
         name = pod["metadata"]["name"]
         if kind != "DELETED" and (pod.get("status") or {}).get("phase") == "Running":
+            if name not in self.running[member] and self.on_job_running is not None:
+                job = pod["metadata"]["labels"][JOB_LABEL]
+                self.job_running[job] = self.job_running.get(job, 0) + 1
+                if self.job_running[job] == self.workers:
+                    self.on_job_running(job)
             self.running[member].add(name)
         else:
             self.running[member].discard(name)
@@ -169,7 +193,20 @@ async def prepare(hub: KubeClient, members: dict[str, KubeClient]) -> None:
     await asyncio.sleep(2)  # the new nodes become Ready
 
 
-async def clear_pods(members: dict[str, KubeClient], watcher: RunningPods) -> None:
+async def clear_jobs(hub: KubeClient) -> None:
+    """Every TrainingJob in the bench namespace gone, finalizers released (no operator runs)."""
+    jobs = rest.custom(API_VERSION, "trainingjobs", NS)
+    listing = await hub.get(jobs)
+    await bounded(
+        hub.merge_patch(f"{jobs}/{j['metadata']['name']}", {"metadata": {"finalizers": None}})
+        for j in listing["items"]
+    )
+    await hub.request("DELETE", jobs, timeout_s=600)
+    while (await hub.get(jobs))["items"]:
+        await asyncio.sleep(0.5)
+
+
+async def clear_pods(members: dict[str, KubeClient]) -> None:
     for client in members.values():
         await client.request(
             "DELETE", rest.pods(NS), params={"gracePeriodSeconds": "0"}, timeout_s=600
@@ -183,7 +220,11 @@ async def clear_pods(members: dict[str, KubeClient], watcher: RunningPods) -> No
         await asyncio.sleep(0.5)
 
 
-async def raw_limit(members: dict[str, KubeClient], n: int, workers: int) -> float:
+async def raw_limit(
+    clients: dict[str, KubeClient], n: int, workers: int
+) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Seconds to all pods Running, and the CPU seconds and API requests that took."""
+    members = {m: clients[m] for m in MEMBERS}
     pool = PoolSpec(name="bench", node_selector={"kaon.dev/pool": "bench"})
     settings = Settings()
     pods = []
@@ -194,13 +235,96 @@ async def raw_limit(members: dict[str, KubeClient], n: int, workers: int) -> flo
         pods += [(member, worker_pod(job, spec, pool, 0, 0, r, settings)) for r in range(workers)]
     watcher = RunningPods(members)
     watcher.start()
+    cpu0, requests0 = cpu_seconds(), await write_counts(clients)
     t0 = time.monotonic()
-    await bounded(members[m].create(rest.pods(NS), p) for m, p in pods)
+    await bounded(members[m].create(rest.pods(NS), p, answer=False) for m, p in pods)
     await watcher.wait(len(pods))
     elapsed = time.monotonic() - t0
-    await clear_pods(members, watcher)
+    cpu = delta(cpu_seconds(), cpu0)
+    requests = delta(await write_counts(clients), requests0)
+    await clear_pods(members)
     await watcher.stop()
-    return elapsed
+    return elapsed, cpu, requests
+
+
+async def floor_limit(
+    clients: dict[str, KubeClient], n: int, workers: int
+) -> tuple[float, dict[str, float], dict[str, float]]:
+    """What any operator of this design must write, written by a tight client: no decisions.
+
+    Per job, as kaon does it: the TrainingJob (the user's apply), its finalizer, the placement
+    in status, a Placed Event, the rendezvous Service and the pods in the member, and status
+    Running once all its workers run. The gap between this and the raw limit is the cost of the
+    API writes themselves; the gap between kaon and this is the operator's own.
+    """
+    hub, members = clients["hub"], {m: clients[m] for m in MEMBERS}
+    pool = PoolSpec(name="bench", node_selector={"kaon.dev/pool": "bench"})
+    settings = Settings()
+    gen, now = 1, now_rfc3339()
+    jobs_path = rest.custom(API_VERSION, "trainingjobs", NS)
+    bodies: dict[str, tuple[Obj, TrainingJobStatus]] = {}
+    writes: list[asyncio.Task[Any]] = []
+
+    async def running(name: str) -> None:
+        body, admitted = bodies[name]
+        obs = Observe(ready=workers, succeeded=0, failed=0, all_running=True)
+        status = transitions.observed(transitions.launched(admitted, gen), obs, gen, now_rfc3339())
+        dumped = status.model_dump(mode="json", by_alias=True)
+        await hubio.patch_status(hub, "trainingjobs", body, dumped)
+
+    def on_running(name: str) -> None:
+        writes.append(asyncio.create_task(running(name)))
+
+    async def job(i: int) -> None:
+        name, member = f"floor-{i}", MEMBERS[i % 2]
+        manifest = {
+            "apiVersion": API_VERSION,
+            "kind": "TrainingJob",
+            "metadata": {"name": name},
+            "spec": job_spec(member, workers),
+        }
+        body = await hub.create(jobs_path, manifest)
+        body = await hubio.set_finalizers(hub, "trainingjobs", body, [FINALIZER])
+        spec = TrainingJobSpec.model_validate(body["spec"])
+        placement = JobPlacement(cluster=f"bench-{member}", pool="bench")
+        admitted = transitions.admitted(TrainingJobStatus(), placement, workers, gen, now)
+        bodies[name] = body, admitted
+        await hubio.patch_status(
+            hub, "trainingjobs", body, admitted.model_dump(mode="json", by_alias=True)
+        )
+        await hubio.post_event(hub, "TrainingJob", body, "Normal", "Placed", "pool bench")
+        meta = body["metadata"]
+        ref = JobRef(NS, name, meta["uid"], {})
+        client = members[member]
+        await client.create(rest.services(NS), rendezvous_service(ref, settings), answer=False)
+        await asyncio.gather(
+            *(
+                client.create(
+                    rest.pods(NS), worker_pod(ref, spec, pool, 0, 0, r, settings), answer=False
+                )
+                for r in range(workers)
+            )
+        )
+
+    watcher = RunningPods(members, on_running, workers)
+    watcher.start()
+    cpu0, requests0 = cpu_seconds(), await write_counts(clients)
+    t0 = time.monotonic()
+    await bounded(job(i) for i in range(n))
+    await watcher.wait(n * workers)
+    elapsed = time.monotonic() - t0
+    await asyncio.gather(*writes)
+    cpu = delta(cpu_seconds(), cpu0)
+    requests = delta(await write_counts(clients), requests0)
+    await watcher.stop()
+    await clear_jobs(hub)
+    await clear_pods(members)
+    for client in members.values():  # Services have no delete-collection
+        listing = await client.get(rest.services(NS))
+        await bounded(
+            client.delete(f"{rest.services(NS)}/{s['metadata']['name']}") for s in listing["items"]
+        )
+    return elapsed, cpu, requests
 
 
 def progress(message: str) -> None:
@@ -227,6 +351,36 @@ def cpu_seconds() -> dict[str, float]:
             exe = f"{parts[-3]}/{exe}" if len(parts) > 3 else exe
         out[exe] = out.get(exe, 0.0) + (int(stat[11]) + int(stat[12])) / tick
     return out
+
+
+REQUEST_LINE = re.compile(r"^apiserver_request_total\{(.*)\} (\S+)$")
+
+
+async def write_counts(clients: dict[str, KubeClient]) -> dict[str, float]:
+    """Writes each API server has answered so far, as "cluster verb resource[/sub]"."""
+    out: dict[str, float] = {}
+    for cluster, client in clients.items():
+        for line in (await client.text("/metrics")).splitlines():
+            m = REQUEST_LINE.match(line)
+            if not m:
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            if labels.get("verb") in ("WATCH", "LIST", "GET"):
+                continue  # reads are few: writes (and the watch events they cause) cost
+            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            key = f"{cluster} {labels.get('verb')} {labels.get('resource')}{sub}"
+            out[key] = out.get(key, 0.0) + float(m.group(2))
+    return out
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) >= 1}
+
+
+def report(title: str, figures: dict[str, float]) -> None:
+    rows = sorted(figures.items(), key=lambda kv: -kv[1])
+    print(f"{title} ({sum(figures.values()):.0f} in all):")
+    print("  " + ", ".join(f"{k} {v:.0f}" for k, v in rows[:16]))
 
 
 def rss_mib(pid: int) -> float:
@@ -262,9 +416,8 @@ class AdmissionClock:
                     self.admitted.setdefault(job["metadata"]["name"], time.monotonic())
 
 
-async def with_kaon(
-    hub: KubeClient, members: dict[str, KubeClient], n: int, workers: int
-) -> dict[str, Any]:
+async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dict[str, Any]:
+    hub, members = clients["hub"], {m: clients[m] for m in MEMBERS}
     log = paths.rig_dir() / "bench-operator.log"
     env = dict(os.environ, KUBECONFIG=str(paths.kubeconfig_path("hub")))
     command = [sys.executable, "-m", "kaon.cli", "run"]
@@ -287,7 +440,7 @@ async def with_kaon(
         clock.start()
         await asyncio.sleep(0.5)
         created: dict[str, float] = {}
-        cpu0 = cpu_seconds()
+        cpu0, requests0 = cpu_seconds(), await write_counts(clients)
         t0 = time.monotonic()
 
         async def create(i: int) -> None:
@@ -308,7 +461,8 @@ async def with_kaon(
         await watcher.wait(n * workers)
         progress(f"kaon: {n * workers} pods running")
         elapsed = time.monotonic() - t0
-        cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu_seconds().items()}
+        cpu = delta(cpu_seconds(), cpu0)
+        requests = delta(await write_counts(clients), requests0)
         waits = sorted(clock.admitted[k] - created[k] for k in created if k in clock.admitted)
         await clock.stop()
         # More jobs than fit: the operator now holds 2N live jobs, N of them waiting.
@@ -317,20 +471,15 @@ async def with_kaon(
         await asyncio.sleep(10)
         memory = rss_mib(op.pid)
         await watcher.stop()
-        return {"elapsed": elapsed, "waits": waits, "cpu": cpu, "rss": memory}
+        return {"elapsed": elapsed, "waits": waits, "cpu": cpu, "requests": requests, "rss": memory}
     finally:
         op.send_signal(signal.SIGINT if profile else signal.SIGTERM)  # py-spy writes on SIGINT
         op.wait(60)
 
 
 async def cleanup(hub: KubeClient, members: dict[str, KubeClient]) -> None:
-    jobs = rest.custom(API_VERSION, "trainingjobs", NS)
     with contextlib.suppress(ApiError):  # no operator runs now: release kaon's finalizers
-        listing = await hub.get(jobs)
-        await bounded(
-            hub.merge_patch(f"{jobs}/{j['metadata']['name']}", {"metadata": {"finalizers": None}})
-            for j in listing["items"]
-        )
+        await clear_jobs(hub)
     await hub.delete_if_present(f"{rest.namespaces()}/{NS}")
     for member, client in members.items():
         await hub.delete_if_present(
@@ -347,8 +496,12 @@ async def main(n: int, workers: int) -> None:
     members = {m: KubeClient.from_file(paths.kubeconfig_path(m)) for m in MEMBERS}
     await prepare(hub, members)
     try:
-        raw = await raw_limit(members, n, workers)
-        kaon = await with_kaon(hub, members, n, workers)
+        clients = {"hub": hub, **members}
+        raw, raw_cpu, raw_requests = await raw_limit(clients, n, workers)
+        progress(f"raw client: {n * workers} pods running")
+        floor, floor_cpu, floor_requests = await floor_limit(clients, n, workers)
+        progress(f"floor client: {n * workers} pods running")
+        kaon = await with_kaon(clients, n, workers)
     finally:
         await cleanup(hub, members)
         for c in (hub, *members.values()):
@@ -361,6 +514,12 @@ async def main(n: int, workers: int) -> None:
         "controlplane.pods_per_s": record(
             "controlplane.pods_per_s", pods / kaon["elapsed"], "pods/s", pods / raw
         ),
+        "controlplane.floor_pods_per_s": record(
+            "controlplane.floor_pods_per_s", pods / floor, "pods/s", pods / raw
+        ),
+        "controlplane.pods_per_s_vs_floor": record(
+            "controlplane.pods_per_s_vs_floor", pods / kaon["elapsed"], "pods/s", pods / floor
+        ),
         "controlplane.admission_p50_s": record("controlplane.admission_p50_s", p50, "s"),
         "controlplane.admission_p99_s": record("controlplane.admission_p99_s", p99, "s", p50),
         f"controlplane.operator_rss_{2 * n}_jobs": record(
@@ -369,10 +528,14 @@ async def main(n: int, workers: int) -> None:
     }
     print(f"\n{n} TrainingJobs x {workers} workers = {pods} pods over {', '.join(MEMBERS)}")
     print(f"raw asyncio client: {raw:.1f}s ({pods / raw:.1f} pods/s); kaon: {kaon['elapsed']:.1f}s")
-    print(
-        "CPU seconds while kaon worked:",
-        ", ".join(f"{k} {v:.1f}" for k, v in sorted(kaon["cpu"].items(), key=lambda kv: -kv[1])),
-    )
+    print(f"floor (kaon's writes, no decisions): {floor:.1f}s ({pods / floor:.1f} pods/s)")
+    for title, cpu, requests in (
+        ("raw client", raw_cpu, raw_requests),
+        ("floor client", floor_cpu, floor_requests),
+        ("kaon", kaon["cpu"], kaon["requests"]),
+    ):
+        report(f"CPU seconds, {title}", cpu)
+        report(f"API writes, {title}", requests)
     print(table(entries))
 
 

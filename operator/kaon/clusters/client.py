@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import aiohttp
 import yaml
+from pydantic_core import from_json, to_json
 
 from kaon.clusters.kubeconfig import credentials
 
@@ -113,7 +114,7 @@ class KubeClient:
         data = None
         headers = {}
         if body is not None:
-            data = json.dumps(body) if not isinstance(body, str) else body
+            data = to_json(body) if not isinstance(body, str) else body
             headers["Content-Type"] = content_type
         for retry in (False, True):
             try:
@@ -139,7 +140,20 @@ class KubeClient:
             if status >= 400:
                 raise _api_error(status, text)
             break
-        return cast(Obj, json.loads(text)) if text else {}
+        return cast(Obj, from_json(text)) if text else {}
+
+    async def text(self, path: str) -> str:
+        """A plain-text answer, such as the server's own `/metrics`."""
+        try:
+            async with self.session.get(
+                self.server + path, headers=self._auth({"Accept": "text/plain"})
+            ) as resp:
+                body = await resp.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiError(0, "Unreachable", f"{self.server}: {exc}") from exc
+        if resp.status >= 400:
+            raise _api_error(resp.status, body)
+        return body
 
     async def get(self, path: str, **params: str) -> Obj:
         return await self.request("GET", path, params=params or None)
@@ -202,7 +216,7 @@ class KubeClient:
                 async for line in resp.content:
                     if not line.strip():
                         continue
-                    event = json.loads(line)
+                    event = from_json(line)  # ~2x json.loads: pod events are most of the CPU
                     if event["type"] == "ERROR":
                         status = event["object"]
                         if status.get("code") == 410:
