@@ -47,6 +47,9 @@ from kaon.rig.config import RigPool, load_config, node_manifest
 NS = "kaon-bench"
 MEMBERS = ("east", "west")
 POOL = RigPool(name="bench", nodes=2, cpu="1000", memory="4Ti", pods=1000)
+POOL_SPEC = PoolSpec(name=POOL.name, node_selector={"kaon.dev/pool": POOL.name})
+SETTINGS = Settings()
+JOBS = rest.custom(API_VERSION, "trainingjobs", NS)
 IN_FLIGHT = 64
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,6 +60,15 @@ def job_spec(member: str, workers: int) -> dict[str, Any]:
         "workers": workers,
         "resources": {"cpu": "100m", "memory": "128Mi"},
         "placement": {"clusterSelector": {"matchLabels": {"kaon.dev/bench-member": member}}},
+    }
+
+
+def job_manifest(name: str, member: str, workers: int) -> Obj:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": job_spec(member, workers),
     }
 
 
@@ -196,14 +208,13 @@ async def prepare(hub: KubeClient, members: dict[str, KubeClient]) -> None:
 
 async def clear_jobs(hub: KubeClient) -> None:
     """Every TrainingJob in the bench namespace gone, finalizers released (no operator runs)."""
-    jobs = rest.custom(API_VERSION, "trainingjobs", NS)
-    listing = await hub.get(jobs)
+    listing = await hub.get(JOBS)
     await bounded(
-        hub.merge_patch(f"{jobs}/{j['metadata']['name']}", {"metadata": {"finalizers": None}})
+        hub.merge_patch(f"{JOBS}/{j['metadata']['name']}", {"metadata": {"finalizers": None}})
         for j in listing["items"]
     )
-    await hub.request("DELETE", jobs, timeout_s=600)
-    while (await hub.get(jobs))["items"]:
+    await hub.request("DELETE", JOBS, timeout_s=600)
+    while (await hub.get(JOBS))["items"]:
         await asyncio.sleep(0.5)
 
 
@@ -226,23 +237,22 @@ async def raw_limit(
 ) -> tuple[float, dict[str, float], dict[str, float]]:
     """Seconds to all pods Running, and the CPU seconds and API requests that took."""
     members = {m: clients[m] for m in MEMBERS}
-    pool = PoolSpec(name="bench", node_selector={"kaon.dev/pool": "bench"})
-    settings = Settings()
     pods = []
     for i in range(n):
         member = MEMBERS[i % 2]
         spec = TrainingJobSpec.model_validate(job_spec(member, workers))
         job = JobRef(NS, f"raw-{i}", f"uid-{i}", {})
-        pods += [(member, worker_pod(job, spec, pool, 0, 0, r, settings)) for r in range(workers)]
+        pods += [
+            (member, worker_pod(job, spec, POOL_SPEC, 0, 0, r, SETTINGS)) for r in range(workers)
+        ]
     watcher = RunningPods(members)
     watcher.start()
-    cpu0, requests0 = cpu_seconds(), await write_counts(clients)
+    costs = await Costs.since_now(clients)
     t0 = time.monotonic()
     await bounded(members[m].create(rest.pods(NS), p, answer=False) for m, p in pods)
     await watcher.wait(len(pods))
     elapsed = time.monotonic() - t0
-    cpu = delta(cpu_seconds(), cpu0)
-    requests = delta(await write_counts(clients), requests0)
+    cpu, requests = await costs.so_far()
     await clear_pods(members)
     await watcher.stop()
     return elapsed, cpu, requests
@@ -259,10 +269,7 @@ async def floor_limit(
     API writes themselves; the gap between kaon and this is the operator's own.
     """
     hub, members = clients["hub"], {m: clients[m] for m in MEMBERS}
-    pool = PoolSpec(name="bench", node_selector={"kaon.dev/pool": "bench"})
-    settings = Settings()
     gen, now = 1, now_rfc3339()
-    jobs_path = rest.custom(API_VERSION, "trainingjobs", NS)
     bodies: dict[str, tuple[Obj, TrainingJobStatus]] = {}
     writes: list[asyncio.Task[Any]] = []
 
@@ -278,13 +285,7 @@ async def floor_limit(
 
     async def job(i: int) -> None:
         name, member = f"floor-{i}", MEMBERS[i % 2]
-        manifest = {
-            "apiVersion": API_VERSION,
-            "kind": "TrainingJob",
-            "metadata": {"name": name},
-            "spec": job_spec(member, workers),
-        }
-        body = await hub.create(jobs_path, manifest)
+        body = await hub.create(JOBS, job_manifest(name, member, workers))
         body = await hubio.set_finalizers(hub, "trainingjobs", body, [FINALIZER])
         spec = TrainingJobSpec.model_validate(body["spec"])
         placement = JobPlacement(cluster=f"bench-{member}", pool="bench")
@@ -297,11 +298,11 @@ async def floor_limit(
         meta = body["metadata"]
         ref = JobRef(NS, name, meta["uid"], {})
         client = members[member]
-        await client.create(rest.services(NS), rendezvous_service(ref, settings), answer=False)
+        await client.create(rest.services(NS), rendezvous_service(ref, SETTINGS), answer=False)
         await asyncio.gather(
             *(
                 client.create(
-                    rest.pods(NS), worker_pod(ref, spec, pool, 0, 0, r, settings), answer=False
+                    rest.pods(NS), worker_pod(ref, spec, POOL_SPEC, 0, 0, r, SETTINGS), answer=False
                 )
                 for r in range(workers)
             )
@@ -309,14 +310,13 @@ async def floor_limit(
 
     watcher = RunningPods(members, on_running, workers)
     watcher.start()
-    cpu0, requests0 = cpu_seconds(), await write_counts(clients)
+    costs = await Costs.since_now(clients)
     t0 = time.monotonic()
     await bounded(job(i) for i in range(n))
     await watcher.wait(n * workers)
     elapsed = time.monotonic() - t0
     await asyncio.gather(*writes)
-    cpu = delta(cpu_seconds(), cpu0)
-    requests = delta(await write_counts(clients), requests0)
+    cpu, requests = await costs.so_far()
     await watcher.stop()
     await clear_jobs(hub)
     await clear_pods(members)
@@ -378,6 +378,23 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) >= 1}
 
 
+class Costs:
+    """CPU seconds of every process and writes of every API server, since it was made."""
+
+    def __init__(
+        self, clients: dict[str, KubeClient], cpu: dict[str, float], writes: dict[str, float]
+    ) -> None:
+        self.clients, self.cpu, self.writes = clients, cpu, writes
+
+    @classmethod
+    async def since_now(cls, clients: dict[str, KubeClient]) -> Costs:
+        return cls(clients, cpu_seconds(), await write_counts(clients))
+
+    async def so_far(self) -> tuple[dict[str, float], dict[str, float]]:
+        writes = await write_counts(self.clients)
+        return delta(cpu_seconds(), self.cpu), delta(writes, self.writes)
+
+
 def report(title: str, figures: dict[str, float]) -> None:
     rows = sorted(figures.items(), key=lambda kv: -kv[1])
     print(f"{title} ({sum(figures.values()):.0f} in all):")
@@ -414,10 +431,9 @@ class AdmissionClock:
             await asyncio.gather(self.task, return_exceptions=True)
 
     async def _watch(self) -> None:
-        path = rest.custom(API_VERSION, "trainingjobs", NS)
-        rv = (await self.hub.get(path))["metadata"]["resourceVersion"]
+        rv = (await self.hub.get(JOBS))["metadata"]["resourceVersion"]
         while True:
-            async for kind, job in self.hub.watch(path, rv):
+            async for kind, job in self.hub.watch(JOBS, rv):
                 rv = job["metadata"].get("resourceVersion", rv)
                 if kind != "BOOKMARK" and (job.get("status") or {}).get("placement"):
                     self.admitted.setdefault(job["metadata"]["name"], time.monotonic())
@@ -447,20 +463,12 @@ async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dic
         clock.start()
         await asyncio.sleep(0.5)
         created: dict[str, float] = {}
-        cpu0, requests0 = cpu_seconds(), await write_counts(clients)
+        costs = await Costs.since_now(clients)
         t0 = time.monotonic()
 
         async def create(i: int) -> None:
             name = f"job-{i}"
-            await hub.create(
-                rest.custom(API_VERSION, "trainingjobs", NS),
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": "TrainingJob",
-                    "metadata": {"name": name},
-                    "spec": job_spec(MEMBERS[i % 2], workers),
-                },
-            )
+            await hub.create(JOBS, job_manifest(name, MEMBERS[i % 2], workers))
             created[name] = time.monotonic()
 
         await bounded(create(i) for i in range(n))
@@ -468,8 +476,7 @@ async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dic
         await watcher.wait(n * workers)
         progress(f"kaon: {n * workers} pods running")
         elapsed = time.monotonic() - t0
-        cpu = delta(cpu_seconds(), cpu0)
-        requests = delta(await write_counts(clients), requests0)
+        cpu, requests = await costs.so_far()
         waits = sorted(clock.admitted[k] - created[k] for k in created if k in clock.admitted)
         await clock.stop()
         # N more: the operator holds 2N live jobs. Resident memory is read once all of them

@@ -116,6 +116,25 @@ class KubeClient:
         if body is not None:
             data = to_json(body) if not isinstance(body, str) else body
             headers["Content-Type"] = content_type
+        text = await self._send(method, path, data, params, headers, timeout_s, answer)
+        return cast(Obj, from_json(text)) if text else {}
+
+    async def text(self, path: str) -> str:
+        """A plain-text answer, such as the server's own `/metrics`."""
+        return await self._send("GET", path, None, None, {"Accept": "text/plain"}, 30.0, True)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        data: str | bytes | None,
+        params: Mapping[str, str] | None,
+        headers: dict[str, str],
+        timeout_s: float,
+        answer: bool,
+    ) -> str:
+        """The answer's text ("" unless `answer` or an error); after a 401, once more with the
+        credentials read again; an error status raised as ApiError."""
         for retry in (False, True):
             try:
                 async with self.session.request(
@@ -140,20 +159,7 @@ class KubeClient:
             if status >= 400:
                 raise _api_error(status, text)
             break
-        return cast(Obj, from_json(text)) if text else {}
-
-    async def text(self, path: str) -> str:
-        """A plain-text answer, such as the server's own `/metrics`."""
-        try:
-            async with self.session.get(
-                self.server + path, headers=self._auth({"Accept": "text/plain"})
-            ) as resp:
-                body = await resp.text()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ApiError(0, "Unreachable", f"{self.server}: {exc}") from exc
-        if resp.status >= 400:
-            raise _api_error(resp.status, body)
-        return body
+        return text
 
     async def get(self, path: str, **params: str) -> Obj:
         return await self.request("GET", path, params=params or None)
