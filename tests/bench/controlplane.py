@@ -31,9 +31,9 @@ from results import record, table
 
 from kaon.api.common import API_VERSION, now_rfc3339
 from kaon.api.computecluster import PoolSpec
+from kaon.api.names import FINALIZER, JOB_LABEL
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import JobPlacement, TrainingJobSpec, TrainingJobStatus
-from kaon.builders.names import FINALIZER, JOB_LABEL
 from kaon.builders.worker import JobRef, rendezvous_service, worker_identity, worker_pod
 from kaon.clusters import paths as rest
 from kaon.clusters.client import ApiError, KubeClient, Obj

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kaon.clusters.kubeconfig import KubeconfigError, credentials
-from kaon.clusters.resources import Resources, parse
+from kaon.api.resources import Resources, parse
 
 
 def kubeconfig(cluster: dict, user: dict, context: str | None = "main") -> dict:

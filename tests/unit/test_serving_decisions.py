@@ -13,7 +13,7 @@ from kaon.api.inferenceservice import (
 )
 from kaon.api.settings import Settings
 from kaon.builders.server import ServiceRef, deployment, service
-from kaon.clusters.resources import Resources
+from kaon.api.resources import Resources
 from kaon.lifecycle import serving
 from kaon.placement import Placed, PoolOffer, Waiting, place_service, replica_demand
 

@@ -13,8 +13,6 @@ from kaon.api.common import (
 )
 from kaon_kernels.config import Spec, cel
 
-GPU_RESOURCE = "nvidia.com/gpu"
-
 
 class SecretKeyRef(Spec):
     """A key of a Secret in the operator's namespace."""

@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-from kaon.clusters.member import ISVC_LABEL
-
-MANAGED_BY = "app.kubernetes.io/managed-by"
-JOB_LABEL = "kaon.dev/job-name"
-ATTEMPT_LABEL = "kaon.dev/attempt"
-RANK_LABEL = "kaon.dev/rank"
-JOB_UID_LABEL = "kaon.dev/job-uid"
-FINALIZER = "kaon.dev/cleanup"
-ISVC_UID_LABEL = "kaon.dev/inferenceservice-uid"
-REVISION_LABEL = "kaon.dev/revision"
+from kaon.api.names import ISVC_LABEL, JOB_LABEL, MANAGED_BY, MANAGER
 
 
 def worker_pod_name(job: str, attempt: int, rank: int) -> str:
@@ -27,7 +18,7 @@ def service_name(job: str) -> str:
 
 
 def job_selector(job: str) -> str:
-    return f"{MANAGED_BY}=kaon,{JOB_LABEL}={job}"
+    return f"{MANAGED_BY}={MANAGER},{JOB_LABEL}={job}"
 
 
 def job_output_path(job: str) -> str:
@@ -45,4 +36,4 @@ def artifact_uri(claim: str, job: str) -> str:
 
 
 def service_selector(service: str) -> str:
-    return f"{MANAGED_BY}=kaon,{ISVC_LABEL}={service}"
+    return f"{MANAGED_BY}={MANAGER},{ISVC_LABEL}={service}"

@@ -12,8 +12,15 @@ from typing import Literal
 
 from kaon.api.computecluster import PoolSpec
 from kaon.api.inferenceservice import InferenceServiceSpec, ResolvedModel
+from kaon.api.names import (
+    ISVC_LABEL,
+    ISVC_UID_LABEL,
+    LOAD_ANNOTATION,
+    MANAGED_BY,
+    MANAGER,
+    REVISION_LABEL,
+)
 from kaon.api.settings import Settings
-from kaon.builders.names import ISVC_UID_LABEL, MANAGED_BY, REVISION_LABEL
 from kaon.builders.worker import (
     POD_SECURITY,
     RESTRICTED,
@@ -22,7 +29,6 @@ from kaon.builders.worker import (
     Obj,
     pod_resources,
 )
-from kaon.clusters.member import ISVC_LABEL, LOAD_ANNOTATION
 
 Revision = Literal["stable", "canary"]
 SERVER_PORT = 8080
@@ -46,7 +52,7 @@ def service_url(ref: ServiceRef) -> str:
 
 
 def _labels(ref: ServiceRef, revision: Revision | None = None) -> dict[str, str]:
-    labels = {MANAGED_BY: "kaon", ISVC_LABEL: ref.name, ISVC_UID_LABEL: ref.uid}
+    labels = {MANAGED_BY: MANAGER, ISVC_LABEL: ref.name, ISVC_UID_LABEL: ref.uid}
     if revision:
         labels[REVISION_LABEL] = revision
     return labels

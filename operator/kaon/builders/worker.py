@@ -6,22 +6,26 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kaon.api.computecluster import GPU_RESOURCE, PoolSpec
-from kaon.api.settings import Settings
-from kaon.api.trainingjob import TrainingJobSpec, WorkerResources
-from kaon.builders.names import (
+from kaon.api.computecluster import PoolSpec
+from kaon.api.names import (
     ATTEMPT_LABEL,
+    GPU_RESOURCE,
     JOB_LABEL,
     JOB_UID_LABEL,
     MANAGED_BY,
+    MANAGER,
+    PROGRESS_ANNOTATION,
     RANK_LABEL,
+)
+from kaon.api.settings import Settings
+from kaon.api.trainingjob import TrainingJobSpec, WorkerResources
+from kaon.builders.names import (
     job_checkpoint_path,
     job_output_path,
     service_name,
     worker_hostname,
     worker_pod_name,
 )
-from kaon.clusters.member import PROGRESS_ANNOTATION
 
 Obj = dict[str, Any]
 WORKER_IDENTITY = "kaon-worker"  # ServiceAccount, Role and RoleBinding in each namespace
@@ -42,7 +46,7 @@ class JobRef:
 
 def _labels(job: JobRef, attempt: int, rank: int | None = None) -> dict[str, str]:
     labels = {
-        MANAGED_BY: "kaon",
+        MANAGED_BY: MANAGER,
         "app.kubernetes.io/name": "kaon-worker",
         JOB_LABEL: job.name,
         JOB_UID_LABEL: job.uid,
@@ -194,12 +198,12 @@ def rendezvous_service(job: JobRef, settings: Settings) -> Obj:
         "metadata": {
             "name": service_name(job.name),
             "namespace": job.namespace,
-            "labels": {MANAGED_BY: "kaon", JOB_LABEL: job.name, JOB_UID_LABEL: job.uid},
+            "labels": {MANAGED_BY: MANAGER, JOB_LABEL: job.name, JOB_UID_LABEL: job.uid},
         },
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {MANAGED_BY: "kaon", JOB_LABEL: job.name, RANK_LABEL: "0"},
+            "selector": {MANAGED_BY: MANAGER, JOB_LABEL: job.name, RANK_LABEL: "0"},
             "ports": [{"name": "rendezvous", "port": settings.master_port}],
         },
     }
@@ -210,7 +214,7 @@ def worker_identity(namespace: str) -> list[tuple[str, str, Obj]]:
 
     Rank 0 patches its own pod's progress annotation; get and patch on pods is all it may do.
     """
-    labels = {MANAGED_BY: "kaon"}
+    labels = {MANAGED_BY: MANAGER}
     meta = {"name": WORKER_IDENTITY, "namespace": namespace, "labels": labels}
     rbac = "rbac.authorization.k8s.io/v1"
     return [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kaon.clusters.resources import Resources
+from kaon.api.resources import Resources
 
 Obj = dict[str, Any]
 TERMINAL_PHASES = ("Succeeded", "Failed")

@@ -7,6 +7,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kaon.api.names import (
+    ISVC_LABEL,
+    JOB_LABEL,
+    MANAGED_BY,
+    MANAGER,
+    MAX_REPORT_BYTES,
+    REPORT_ANNOTATIONS,
+)
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, KubeClient, Obj
 from kaon.clusters.informer import run_informer
@@ -14,13 +22,6 @@ from kaon.clusters.inventory import ClusterInventory
 
 log = logging.getLogger(__name__)
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-JOB_LABEL = "kaon.dev/job-name"
-ISVC_LABEL = "kaon.dev/inferenceservice"
-PROGRESS_ANNOTATION = "kaon.dev/progress"  # written by the runtime (rank 0) on its own pod
-LOAD_ANNOTATION = "kaon.dev/load"  # written by each model server on its own pod
-REPORTS = (PROGRESS_ANNOTATION, LOAD_ANNOTATION)
-MAX_REPORT_BYTES = 1024
 
 JobKey = tuple[str, str]  # (namespace, job name); also (namespace, service name)
 
@@ -32,7 +33,9 @@ def slim_pod(pod: Obj) -> Obj:
         k: meta[k] for k in ("name", "namespace", "labels", "deletionTimestamp") if k in meta
     }
     annotations = meta.get("annotations") or {}
-    reports = {k: annotations[k][:MAX_REPORT_BYTES] for k in REPORTS if annotations.get(k)}
+    reports = {
+        k: annotations[k][:MAX_REPORT_BYTES] for k in REPORT_ANNOTATIONS if annotations.get(k)
+    }
     if reports:
         slim_meta["annotations"] = reports
     return {
@@ -158,7 +161,7 @@ class Member:
     ) -> JobKey | None:
         meta = obj["metadata"]
         labels = meta.get("labels") or {}
-        if labels.get(MANAGED_BY) != "kaon" or label not in labels:
+        if labels.get(MANAGED_BY) != MANAGER or label not in labels:
             return None
         key = (meta["namespace"], labels[label])
         pods = groups.setdefault(key, {})

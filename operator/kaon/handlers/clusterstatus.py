@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 from kaon.api.common import API_VERSION, Condition, now_rfc3339
 from kaon.api.computecluster import ComputeClusterStatus, PoolStatus, ResourceAmounts
+from kaon.api.resources import Resources
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, KubeClient
-from kaon.clusters.resources import Resources
 from kaon.handlers.fleet import Fleet, Registered
 from kaon.lifecycle.conditions import set_condition
 

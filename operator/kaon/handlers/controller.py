@@ -15,9 +15,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from kaon.api.common import now_rfc3339
+from kaon.api.names import ATTEMPT_LABEL, FINALIZER, RANK_LABEL
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import JobPlacement, TrainingJobSpec, TrainingJobStatus
-from kaon.builders.names import ATTEMPT_LABEL, FINALIZER, RANK_LABEL, artifact_uri
+from kaon.builders.names import artifact_uri
 from kaon.clusters.client import KubeClient, Obj
 from kaon.clusters.member import JobKey
 from kaon.handlers import hubio, metrics

@@ -13,11 +13,11 @@ from typing import Any
 import yaml
 
 from kaon.api.computecluster import ComputeClusterSpec, PoolSpec
+from kaon.api.resources import Resources
 from kaon.api.settings import Settings
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, KubeClient, Obj
 from kaon.clusters.member import JobKey, Member
-from kaon.clusters.resources import Resources
 from kaon.placement import PoolOffer
 from kaon.placement.decide import gang_assignment
 

@@ -21,12 +21,13 @@ from kaon.api.inferenceservice import (
     ModelSource,
     ResolvedModel,
 )
+from kaon.api.names import FINALIZER, LOAD_ANNOTATION, REVISION_LABEL
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import TrainingJobSpec, TrainingJobStatus
-from kaon.builders.names import FINALIZER, REVISION_LABEL, job_output_path
+from kaon.builders.names import job_output_path
 from kaon.builders.server import Revision, ServiceRef, deployment, service, service_url
 from kaon.clusters.client import KubeClient, Obj
-from kaon.clusters.member import LOAD_ANNOTATION, JobKey, Member
+from kaon.clusters.member import JobKey, Member
 from kaon.handlers import hubio, metrics
 from kaon.handlers.fleet import Fleet, Reservation
 from kaon.handlers.jobcache import JobCache, job_key

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from kaon.api.names import ATTEMPT_LABEL, MANAGED_BY, MANAGER
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import JobPlacement, TrainingJobSpec
-from kaon.builders.names import ATTEMPT_LABEL, job_selector, service_name
+from kaon.builders.names import job_selector, service_name
 from kaon.builders.worker import JobRef, rendezvous_service, worker_identity, worker_pod
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
@@ -27,7 +28,7 @@ class WorkerOps:
         known = self._namespaces.setdefault(member.name, set())
         if ns in known:
             return
-        body = {"metadata": {"name": ns, "labels": {"app.kubernetes.io/managed-by": "kaon"}}}
+        body = {"metadata": {"name": ns, "labels": {MANAGED_BY: MANAGER}}}
         await member.client.create_or_get(paths.namespaces(), body)
         for api_version, plural, obj in worker_identity(ns):
             await member.client.create_or_get(paths.collection(api_version, plural, ns), obj)

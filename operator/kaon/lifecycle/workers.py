@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kaon.clusters.member import PROGRESS_ANNOTATION
+from kaon.api.names import PROGRESS_ANNOTATION
 
 # Pod status reasons set by kubelet, the node lifecycle controller or the scheduler when the
 # infrastructure, not the program, ended the pod.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from kaon.clusters.resources import Resources
+from kaon.api.resources import Resources
 from kaon.placement.model import GangDemand, Outcome, Placed, PoolOffer, Unplaceable, Waiting
 
 GIB = 1 << 30

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kaon.api.inferenceservice import InferenceServiceSpec
+from kaon.api.resources import Resources
 from kaon.api.trainingjob import PoolPreference, TrainingJobSpec, WorkerResources
-from kaon.clusters.resources import Resources
 from kaon.placement.model import GangDemand, Preference
 
 

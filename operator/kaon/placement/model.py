@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kaon.api.common import LabelSelector
-from kaon.clusters.resources import Resources
+from kaon.api.resources import Resources
 
 
 @dataclass(frozen=True, slots=True)

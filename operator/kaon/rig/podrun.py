@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kaon.clusters.resources import parse
+from kaon.api.resources import parse
 
 Obj = dict[str, Any]
 Lookup = Callable[[str, str], Mapping[str, str] | None]  # (configmaps|secrets, name) -> data

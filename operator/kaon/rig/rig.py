@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kaon.clusters.resources import parse
+from kaon.api.resources import parse
 from kaon.rig import agents, build, paths
 from kaon.rig.config import (
     GPU_RESOURCE,

@@ -1,0 +1,30 @@
+"""kaon's vocabulary on the wire: every label, annotation, finalizer and resource name, once.
+
+Names here are part of kaon's interface: other tools select by them and a restarted operator
+finds its objects by them, so they never change lightly.
+"""
+
+from __future__ import annotations
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "kaon"  # the value of MANAGED_BY on everything kaon creates
+
+# Labels kaon sets on the objects it creates in member clusters.
+JOB_LABEL = "kaon.dev/job-name"
+JOB_UID_LABEL = "kaon.dev/job-uid"
+ATTEMPT_LABEL = "kaon.dev/attempt"
+RANK_LABEL = "kaon.dev/rank"
+ISVC_LABEL = "kaon.dev/inferenceservice"
+ISVC_UID_LABEL = "kaon.dev/inferenceservice-uid"
+REVISION_LABEL = "kaon.dev/revision"
+
+# Annotations the runtime writes on its own pod, read by the operator.
+PROGRESS_ANNOTATION = "kaon.dev/progress"  # by a training worker (rank 0)
+LOAD_ANNOTATION = "kaon.dev/load"  # by each model server
+REPORT_ANNOTATIONS = (PROGRESS_ANNOTATION, LOAD_ANNOTATION)
+MAX_REPORT_BYTES = 1024
+
+FINALIZER = "kaon.dev/cleanup"
+
+# Extended resources.
+GPU_RESOURCE = "nvidia.com/gpu"
