@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 KAON := $(VENV)/bin/kaon
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
+# Two installs into the one venv: the base (kaon and its dev tools, enough for `make check`) and
+# the runtime on top (torch, scikit-learn, the KServe venv) for the tests on the rig and the bench.
+PROJECT_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+BASE_STAMP := $(VENV)/.installed-base-$(PROJECT_HASH)
+RUNTIME_STAMP := $(VENV)/.installed-runtime-$(PROJECT_HASH)
 # KServe (bench baseline, kserve-client conformance test) in a venv of its own inside .venv:
 # its pins conflict with the operator's kubernetes client. It sees .venv's packages after its own.
 KSERVE_VENV := $(VENV)/kserve
@@ -13,23 +17,49 @@ KSERVE_REQ := tests/bench/requirements-kserve.txt
 KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell cat $(KSERVE_REQ) | sha256sum | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup rig-build rig-up rig-down rig-status test unit lint crds verify demo run bench images clean
+.PHONY: help setup check fmt rig-build rig-up rig-down rig-status test unit lint crds verify demo \
+	run bench images clean check-ruff check-types check-imports check-unit
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-setup: $(STAMP) $(KSERVE_STAMP) ## create .venv and install kaon with its dev tools and the torch runtime
+setup: $(RUNTIME_STAMP) $(KSERVE_STAMP) ## create .venv and install kaon with its dev tools and the torch runtime
 
-$(STAMP): pyproject.toml
+$(BASE_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,runtime]'
-	@rm -f $(VENV)/.installed-* && touch $@
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-base-* && touch $@
 
-$(KSERVE_STAMP): $(KSERVE_REQ) $(STAMP)
+$(RUNTIME_STAMP): $(BASE_STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,runtime]'
+	@rm -f $(VENV)/.installed-runtime-* && touch $@
+
+$(KSERVE_STAMP): $(KSERVE_REQ) $(RUNTIME_STAMP)
 	@test -x $(KSERVE_VENV)/bin/python || $(PY) -c 'import sys, venv; venv.create(sys.argv[1], with_pip=True)' $(KSERVE_VENV)
 	$(KSERVE_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(KSERVE_REQ)
 	$(PY) -c 'import site, sys; print("import site; site.addsitedir(%r)" % site.getsitepackages()[0])' > "$$($(KSERVE_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/kaon-main-venv.pth"
 	@rm -f $(KSERVE_VENV)/.installed-* && touch $@
+
+# The fast tier: no torch, no rig. pre-commit runs the same targets one by one.
+check: check-ruff check-types check-imports verify check-unit ## ruff, format, mypy, import contracts, CRDs, unit tests: no torch, no rig
+
+check-ruff: $(BASE_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# mypy over everything it can import: modules that need torch only where the runtime is installed.
+check-types: $(BASE_STAMP)
+	$(PY) hack/typecheck.py
+
+check-imports: $(BASE_STAMP)
+	$(VENV)/bin/lint-imports
+
+check-unit: $(BASE_STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+fmt: $(BASE_STAMP) ## fix what ruff can fix, then format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 rig-build: setup ## build (or reuse from ~/.cache/kaon) the rig's Kubernetes, etcd, kwok, helm binaries
 	$(KAON) rig build
@@ -43,20 +73,17 @@ rig-down: setup ## delete the rig's clusters and state
 rig-status: setup ## clusters, pools and health
 	$(KAON) rig status
 
-lint: setup ## ruff, mypy, import layers
-	$(VENV)/bin/ruff check operator kernels tests
-	$(VENV)/bin/ruff format --check operator kernels tests
-	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
+lint: setup ## ruff, mypy (with the runtime installed: every module), import contracts
+	@$(MAKE) --no-print-directory check-ruff check-types check-imports
 
-crds: setup ## generate crds/ and charts/kaon/crds/ from the pydantic models
+crds: $(BASE_STAMP) ## generate crds/ and charts/kaon/crds/ from the pydantic models
 	$(KAON) crds crds charts/kaon/crds
 
-verify: setup ## fail when the generated CRDs differ from the models
+verify: $(BASE_STAMP) ## fail when the generated CRDs differ from the models
 	$(KAON) crds --check crds charts/kaon/crds
 
-unit: setup ## unit tests only (no cluster)
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+unit: setup ## the tests that need no cluster: tests/unit and tests/runtime (torch)
+	$(PY) -m pytest tests/unit tests/runtime $(PYTEST_ARGS)
 
 test: lint verify rig-build ## lint, then unit + integration + e2e tests against the local rig
 	$(PY) -m pytest tests -m "not bench" $(PYTEST_ARGS)
@@ -85,4 +112,4 @@ images: ## build the operator and runtime images with docker or podman (ENGINE=.
 	$(ENGINE) build -f images/runtime-cuda.Dockerfile -t $(RUNTIME_IMAGE)-cuda .
 
 clean: ## remove the virtual environment and caches inside the repo
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .hypothesis .bench

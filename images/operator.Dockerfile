@@ -6,6 +6,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/kaon
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# Not rig/: the local rig (kaon_rig) is a development tool, never in an image.
 COPY operator ./operator
 COPY kernels ./kernels
 # The control plane only: no torch (kaon imports kaon_kernels' config schema, never torch).

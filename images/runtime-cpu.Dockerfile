@@ -10,6 +10,7 @@ RUN python -m venv /opt/kaon \
     && /opt/kaon/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# Not rig/: the local rig (kaon_rig) is a development tool, never in an image.
 COPY operator ./operator
 COPY kernels ./kernels
 RUN /opt/kaon/bin/pip install ".[runtime]"

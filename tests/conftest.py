@@ -13,8 +13,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kaon.rig import identity, rig
-from kaon.rig.config import load_config
+from kaon_rig import identity, rig
+from kaon_rig.config import load_config
 
 from kaonrig import (
     CHART,

@@ -17,9 +17,17 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kaon.rig import paths
-from kaon.rig.config import GPU_RESOURCE, GPU_TAINT_KEY, POOL_LABEL, RigConfig
-from kaon.rig.kube import api_client
+from kaon.api.names import GPU_RESOURCE
+from kaon_rig import paths
+from kaon_rig.config import (
+    GPU_TAINT_KEY,
+    POOL_LABEL,
+    SIM_DURATION,
+    SIM_EXIT_CODE,
+    SIM_MESSAGE,
+    RigConfig,
+)
+from kaon_rig.kube import api_client
 
 T = TypeVar("T")
 
@@ -75,9 +83,9 @@ def sim_pod(
 ) -> dict[str, Any]:
     annotations: dict[str, str] = {}
     if exit_code is not None:
-        annotations = {"kaon.dev/sim-exit-code": str(exit_code), "kaon.dev/sim-duration": duration}
+        annotations = {SIM_EXIT_CODE: str(exit_code), SIM_DURATION: duration}
         if message is not None:
-            annotations["kaon.dev/sim-message"] = message
+            annotations[SIM_MESSAGE] = message
     limits = {"cpu": "1", "memory": "1Gi"} | ({GPU_RESOURCE: str(gpus)} if gpus else {})
     return {
         "apiVersion": "v1",

@@ -11,7 +11,8 @@ from torch import nn
 
 from kaon_kernels.checkpoint import save_atomic
 from kaon_kernels.config import ModelConfig
-from kaon_kernels.models import DEFAULT_KERNEL, build_model
+from kaon_kernels.families.registry import family
+from kaon_kernels.models import build_model
 from kaon_kernels.progress import write_json_atomic
 
 FORMAT = "kaon-model/v1"
@@ -30,13 +31,7 @@ def save_artifact(
     """Write `model.pt` and `model.json` into `directory` (atomically, each)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     # Spell the family's settings out, so a later change of defaults cannot change the rebuild.
-    cnn = cfg.cnn_or_default()
-    cnn = cnn.model_copy(
-        update={"kernel_sizes": cnn.kernel_sizes or [DEFAULT_KERNEL] * len(cnn.channels)}
-    )
-    resolved = cfg.model_copy(
-        update={"cnn": cnn} if cfg.family == "cnn" else {"rnn": cfg.rnn_or_default()}
-    )
+    resolved = family(cfg.family).resolved(cfg)
     save_atomic(
         {
             "format": FORMAT,

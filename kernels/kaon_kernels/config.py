@@ -82,6 +82,11 @@ class RNNConfig(Spec):
     )
 
 
+# The model families, by name. Each has a settings field of that name in ModelConfig and an
+# entry in `kaon_kernels.families.registry` (whose exhaustive match makes mypy ask for it).
+FamilyName = Literal["cnn", "rnn"]
+
+
 class ModelConfig(Spec):
     """The network to train: a family and that family's settings (defaults when omitted)."""
 
@@ -102,7 +107,7 @@ class ModelConfig(Spec):
         }
     )
 
-    family: Literal["cnn", "rnn"] = Field(description="Model family: cnn or rnn.")
+    family: FamilyName = Field(description="Model family: cnn or rnn.")
     cnn: CNNConfig | None = Field(default=None, description="Settings of a cnn model.")
     rnn: RNNConfig | None = Field(default=None, description="Settings of an rnn model.")
 

@@ -1,8 +1,9 @@
 """Training data: the digits set bundled with scikit-learn, or a user's tensor file.
 
 Source `digits`: scikit-learn's handwritten digits (1797 samples, 10 classes) read from the copy
-shipped inside the package (`sklearn.datasets.load_digits`, no download). A CNN sees each digit
-as an image of shape (1, 8, 8); an RNN sees it as a sequence of 8 steps (rows) of 8 features.
+shipped inside the package (`sklearn.datasets.load_digits`, no download), as (N, 8, 8) images.
+Each model family's data view (`Family.view`) presents them: a cnn sees each digit as an image of
+shape (1, 8, 8); an rnn sees it as a sequence of 8 steps (rows) of 8 features.
 
 Source `file` (the user format): a file written with `torch.save` holding a dict
 
@@ -24,14 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-from kaon_kernels.config import DataConfig
-
-Family = Literal["cnn", "rnn"]
+from kaon_kernels.config import DataConfig, FamilyName
+from kaon_kernels.families.registry import family
 
 
 @dataclass(frozen=True)
@@ -51,18 +50,18 @@ class Split:
         return tuple(self.train_x.shape[1:])
 
 
-def load_digits_tensors(family: Family) -> tuple[Tensor, Tensor]:
-    """The digits set as (x, y): x (1797, 1, 8, 8) for cnn or (1797, 8, 8) for rnn."""
+def load_digits_tensors(name: FamilyName) -> tuple[Tensor, Tensor]:
+    """The digits as (x, y) for family `name`: x (1797, 1, 8, 8) for cnn, (1797, 8, 8) for rnn."""
     # Imported here: scikit-learn is slow to import and only the digits source needs it.
     from sklearn.datasets import load_digits  # type: ignore[import-untyped]  # noqa: PLC0415
 
     bunch = load_digits()
     x = torch.as_tensor(bunch.images, dtype=torch.float32)
     y = torch.as_tensor(bunch.target, dtype=torch.long)
-    return (x.unsqueeze(1) if family == "cnn" else x), y
+    return family(name).present(x), y
 
 
-def load_file_tensors(path: str | Path, family: Family) -> tuple[Tensor, Tensor]:
+def load_file_tensors(path: str | Path, name: FamilyName) -> tuple[Tensor, Tensor]:
     """A user's `.pt` file as checked (x, y); ValueError naming the problem otherwise."""
     where = f"data.path {str(path)!r}"
     try:
@@ -88,14 +87,11 @@ def load_file_tensors(path: str | Path, family: Family) -> tuple[Tensor, Tensor]
         raise ValueError(f'{where}: "x" holds NaN or infinite values')
     if int(y.min()) < 0:
         raise ValueError(f'{where}: "y" holds negative labels')
-    x = x.float()
-    if family == "cnn":
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        if x.dim() != 4:
-            raise ValueError(f'{where}: a cnn needs "x" of (N, C, H, W) or (N, H, W)')
-    elif x.dim() != 3:
-        raise ValueError(f'{where}: an rnn needs "x" of (N, steps, features)')
+    reader = family(name)
+    try:
+        x = reader.present(x.float())
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     return x, y.long()
 
 
@@ -123,12 +119,13 @@ def split(x: Tensor, y: Tensor, validation_fraction: float, seed: int) -> Split:
     )
 
 
-def load_data(cfg: DataConfig, family: Family, seed: int) -> Split:
-    """The data `cfg` names, shaped for `family`, split by `seed`."""
+def load_data(cfg: DataConfig, name: FamilyName, seed: int) -> Split:
+    """The data `cfg` names, as family `name` reads it, split by `seed`."""
+    family(name)  # an unknown family is refused before any data is read
     if cfg.source == "file":
         if not cfg.path:
             raise ValueError("data.path: required when source is file")
-        x, y = load_file_tensors(cfg.path, family)
+        x, y = load_file_tensors(cfg.path, name)
     else:
-        x, y = load_digits_tensors(family)
+        x, y = load_digits_tensors(name)
     return split(x, y, cfg.validation_fraction, seed)

@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -37,12 +36,12 @@ from kaon.api.trainingjob import JobPlacement, TrainingJobSpec, TrainingJobStatu
 from kaon.builders.worker import JobRef, rendezvous_service, worker_identity, worker_pod
 from kaon.clusters import paths as rest
 from kaon.clusters.client import ApiError, KubeClient, Obj
-from kaon.handlers import hubio
-from kaon.handlers.heap import TRIM_INTERVAL_S
+from kaon.engine import hubio
+from kaon.engine.heap import TRIM_INTERVAL_S
 from kaon.lifecycle import status as transitions
 from kaon.lifecycle.decide import Observe
-from kaon.rig import paths, rig
-from kaon.rig.config import RigPool, load_config, node_manifest
+from kaon_rig import paths, rig
+from kaon_rig.config import RigPool, load_config, node_manifest
 
 NS = "kaon-bench"
 MEMBERS = ("east", "west")
@@ -214,7 +213,7 @@ async def clear_jobs(hub: KubeClient) -> None:
         for j in listing["items"]
     )
     await hub.request("DELETE", JOBS, timeout_s=600)
-    while (await hub.get(JOBS))["items"]:
+    while (await hub.get(JOBS))["items"]:  # noqa: ASYNC110 (the API server's state: polled)
         await asyncio.sleep(0.5)
 
 
@@ -294,7 +293,7 @@ async def floor_limit(
         await hubio.patch_status(
             hub, "trainingjobs", body, admitted.model_dump(mode="json", by_alias=True)
         )
-        await hubio.post_event(hub, "TrainingJob", body, "Normal", "Placed", "pool bench")
+        await hubio.post_event(hub, "TrainingJob", body, "Normal", "Placed", "pool bench", now)
         meta = body["metadata"]
         ref = JobRef(NS, name, meta["uid"], {})
         client = members[member]
@@ -450,12 +449,10 @@ async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dic
         if py_spy is None:
             raise SystemExit("KAON_BENCH_PROFILE needs py-spy: pip install py-spy")
         command = [py_spy, "record", "--format", "raw", "-o", profile, "--", *command]
-    op = subprocess.Popen(
-        command,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    with log.open("w") as out:  # the operator writes to its own copy of the descriptor
+        op = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
     try:
         await asyncio.sleep(4)  # the operator connects to the hub and both members
         watcher, clock = RunningPods(members), AdmissionClock(hub)
@@ -498,7 +495,7 @@ async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dic
         }
     finally:
         op.send_signal(signal.SIGINT if profile else signal.SIGTERM)  # py-spy writes on SIGINT
-        op.wait(60)
+        await asyncio.wait_for(op.wait(), 60)
 
 
 async def cleanup(hub: KubeClient, members: dict[str, KubeClient]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kaon.rig import agents
+from kaon_rig import agents
 
 from kaonrig import REPO, Rig, kubectl, register_cluster, wait_members_ready
 

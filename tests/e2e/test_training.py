@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from kaon.rig import paths
+from kaon_rig import paths
 
 from kaonrig import (
     REPO,

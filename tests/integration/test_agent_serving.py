@@ -19,9 +19,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kaon.rig import paths
-from kaon.rig.agent import AGENT_LABEL
-from kaon.rig.config import POOL_LABEL
+from kaon_rig import paths
+from kaon_rig.agent import AGENT_LABEL
+from kaon_rig.config import POOL_LABEL
 
 from kaonrig import Rig, wait_for
 

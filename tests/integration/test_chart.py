@@ -20,8 +20,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kaon.rig import identity, paths
-from kaon.rig.rig import inline_kubeconfig
+from kaon_rig import identity, paths
+from kaon_rig.rig import inline_kubeconfig
 
 from kaonrig import (
     CHART,
@@ -174,6 +174,40 @@ def test_two_replicas_without_peering_are_refused(kaon_rig: Rig) -> None:
     with pytest.raises(subprocess.CalledProcessError) as failed:
         template(kaon_rig, "operator.replicas=2", "peering.enabled=false")
     assert "/operator/replicas" in failed.value.stderr
+
+
+def test_every_template_renders_one_resource_and_no_comments(kaon_rig: Rig) -> None:
+    for variant, sets in VARIANTS.items():
+        rendered = template(kaon_rig, *sets)
+        sources = [line for line in rendered.splitlines() if line.startswith("# Source: ")]
+        assert len(sources) == len(set(sources)) == len(documents(rendered)), variant
+        comments = [
+            line
+            for line in rendered.splitlines()
+            if line.lstrip().startswith("#") and not line.startswith("# Source: ")
+        ]
+        assert not comments, (variant, comments)
+
+
+def test_without_its_own_identity_and_rbac_the_chart_uses_the_named_account(
+    kaon_rig: Rig,
+) -> None:
+    sets = ("serviceAccount.create=false", "rbac.create=false", "serviceAccount.name=kaon-ops")
+    docs = documents(template(kaon_rig, *sets))
+    assert {d["kind"] for d in docs} == {"ConfigMap", "Service", "Deployment", "ClusterKopfPeering"}
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "kaon-ops"
+    (config,) = [d for d in docs if d["metadata"]["name"] == f"{RELEASE}-kubeconfig"]
+    assert yaml.safe_load(config["data"]["kubeconfig"])["users"][0]["name"] == "kaon-ops"
+    # Each switch alone: the ServiceAccount without RBAC, RBAC bound to an existing account.
+    kinds = {d["kind"] for d in documents(template(kaon_rig, "rbac.create=false"))}
+    assert "ServiceAccount" in kinds
+    assert not kinds & {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+    docs = documents(template(kaon_rig, "serviceAccount.create=false"))
+    assert "ServiceAccount" not in {d["kind"] for d in docs}
+    bindings = [d for d in docs if d["kind"].endswith("Binding")]
+    assert bindings and all(b["subjects"][0]["name"] == RELEASE for b in bindings)
+    assert not documents(template(kaon_rig, "role=member", *sets))
 
 
 def test_no_wildcards_and_no_builtin_admin_roles(kaon_rig: Rig) -> None:

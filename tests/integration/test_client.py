@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from kaon.clusters.client import ApiError, KubeClient
-from kaon.rig import paths
+from kaon_rig import paths
 
 from kaonrig import Rig
 

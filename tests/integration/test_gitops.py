@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from kaon.rig import paths
+from kaon_rig import paths
 
 from kaonrig import CHART, GROUP, REPO, VERSION, Rig, helm, state, wait_for
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from kaon.rig import rig
+from kaon_rig import rig
 
 from kaonrig import Jobs, Rig, bound_claim, condition, kubectl, state, wait_event, wait_for
 

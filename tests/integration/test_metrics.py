@@ -65,7 +65,7 @@ def test_the_operator_counts_decisions_and_reports_clusters_pools_and_jobs(
     )
     assert placed is not None and placed >= 1
     assert (value(samples, "kaon_admission_wait_seconds_count") or 0) >= 1
-    # The rig's east has two A100 nodes of 8 GPUs each (operator/kaon/rig/pools.yaml).
+    # The rig's east has two A100 nodes of 8 GPUs each (rig/kaon_rig/pools.yaml).
     gpus = value(samples, "kaon_pool_capacity", cluster="east", pool="gpu-a100", resource="gpu")
     assert gpus == 16.0
     cpu_free = value(samples, "kaon_pool_free", cluster="east", pool="cpu", resource="cpu")

@@ -11,9 +11,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kaon.rig import paths, rig
-from kaon.rig.config import GPU_RESOURCE, POOL_LABEL
-from kaon.rig.versions import VERSIONS
+from kaon.api.names import ATTEMPT_LABEL, GPU_RESOURCE, RANK_LABEL
+from kaon_rig import paths, rig
+from kaon_rig.config import POOL_LABEL, SIM_FAIL
+from kaon_rig.versions import VERSIONS
 
 from kaonrig import Rig, sim_pod, wait_for
 
@@ -112,6 +113,51 @@ def test_pod_told_to_fail_ends_failed_with_its_exit_code(kaon_rig: Rig, namespac
     assert terminated.exit_code == 3
     assert terminated.reason == "Error"
     assert terminated.message == "simulated exit 3"
+
+
+def test_sim_fail_ends_only_the_worker_its_attempt_and_rank_labels_name(
+    kaon_rig: Rig, namespace: str
+) -> None:
+    # As kaon creates them: every worker of the job carries the job's annotations unchanged.
+    core = kaon_rig.core("west")
+    names = {(0, 0): "w-a0-r0", (0, 1): "w-a0-r1", (1, 1): "w-a1-r1"}
+    for (attempt, rank), name in names.items():
+        pod = sim_pod(name, pool="cpu", exit_code=0)
+        pod["metadata"]["labels"] = {ATTEMPT_LABEL: str(attempt), RANK_LABEL: str(rank)}
+        pod["metadata"]["annotations"][SIM_FAIL] = "0:1:3, 2:0:9"
+        core.create_namespaced_pod(namespace, pod)
+    ended = {
+        key: wait_for(
+            lambda n=name: read_pod(core, n, namespace),
+            lambda p: phase(p) in ("Succeeded", "Failed"),
+            f"{name} to end",
+        )
+        for key, name in names.items()
+    }
+    codes = {k: p.status.container_statuses[0].state.terminated.exit_code for k, p in ended.items()}
+    assert codes == {(0, 0): 0, (0, 1): 3, (1, 1): 0}
+    assert {k: phase(p) for k, p in ended.items()} == {
+        (0, 0): "Succeeded",
+        (0, 1): "Failed",
+        (1, 1): "Succeeded",
+    }
+
+
+def test_sim_fail_alone_ends_its_worker_and_leaves_the_others_running(
+    kaon_rig: Rig, namespace: str
+) -> None:
+    core = kaon_rig.core("west")
+    for rank in (0, 1):
+        pod = sim_pod(f"w{rank}", pool="cpu")
+        pod["metadata"]["labels"] = {ATTEMPT_LABEL: "0", RANK_LABEL: str(rank)}
+        pod["metadata"]["annotations"] = {SIM_FAIL: "0:1:4"}
+        core.create_namespaced_pod(namespace, pod)
+    wait_for(lambda: read_pod(core, "w0", namespace), lambda p: phase(p) == "Running", "Running")
+    failed = wait_for(
+        lambda: read_pod(core, "w1", namespace), lambda p: phase(p) == "Failed", "w1 to fail"
+    )
+    assert failed.status.container_statuses[0].state.terminated.exit_code == 4
+    assert phase(read_pod(core, "w0", namespace)) == "Running"
 
 
 def test_pod_without_sim_annotations_keeps_running(kaon_rig: Rig, namespace: str) -> None:

@@ -15,9 +15,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kaon.clusters.client import ApiError, KubeClient
-from kaon.rig import paths
-from kaon.rig.identity import token_kubeconfig
-from kaon.rig.rig import inline_kubeconfig
+from kaon_rig import paths
+from kaon_rig.identity import token_kubeconfig
+from kaon_rig.rig import inline_kubeconfig
 
 from kaonrig import RELEASE, RELEASE_NAMESPACE, Rig, wait_for
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kaon.rig import rig
+from kaon_rig import rig
 
 from kaonrig import (
     Jobs,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from kaon.api.computecluster import ComputeClusterSpec
-from kaon.handlers.clusterstatus import Published
-from kaon.handlers.fleet import Registered
+from kaon.controllers.computecluster import Published
+from kaon.engine.fleet import Registered
 
 SPEC = ComputeClusterSpec.model_validate(
     {

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kaon.clusters.kubeconfig import KubeconfigError, credentials
 from kaon.api.resources import Resources, parse
+from kaon.clusters.kubeconfig import KubeconfigError, credentials
 
 
 def kubeconfig(cluster: dict, user: dict, context: str | None = "main") -> dict:

@@ -1,6 +1,6 @@
 from kaon.api.common import LabelSelector
-from kaon.api.trainingjob import TrainingJobSpec
 from kaon.api.resources import Resources
+from kaon.api.trainingjob import TrainingJobSpec
 from kaon.placement import (
     GangDemand,
     Placed,

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from kaon.rig import agent, agents, paths
-from kaon.rig.config import (
-    GPU_RESOURCE,
+from kaon.api.names import GPU_RESOURCE
+from kaon_rig import agent, agents, paths
+from kaon_rig.config import (
     POOL_LABEL,
     RigConfig,
     RigPool,
@@ -13,7 +13,7 @@ from kaon.rig.config import (
     node_manifest,
     node_manifests,
 )
-from kaon.rig.versions import RigVersions
+from kaon_rig.versions import RigVersions
 
 
 def test_packaged_rig_has_a_hub_and_two_members_with_gpu_and_cpu_pools() -> None:

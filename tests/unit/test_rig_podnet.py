@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from kaon.rig import podnet
+from kaon_rig import podnet
 
 
 def test_each_node_gets_a_stable_slash_24_outside_loopback() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kaon.rig import podproc, podrun, podstatus, prober
-from kaon.rig.podproc import PodProcess
+from kaon_rig import podproc, podrun, podstatus, prober
+from kaon_rig.podproc import PodProcess
 
 # Listens on the pod IP; /ready answers 200 once the file `go` exists in its working directory.
 SERVER = """
@@ -41,7 +41,7 @@ class FakeAgent:
         self.procs: list[PodProcess] = []
 
     def start(self, pod: dict[str, Any]) -> PodProcess:
-        self.procs.append(PodProcess(self, pod))  # type: ignore[arg-type]
+        self.procs.append(PodProcess(self, pod))
         return self.procs[-1]
 
     def pod_ip(self, pod: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from kaon.api.computecluster import PoolSpec
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import TrainingJobSpec
 from kaon.builders.worker import JobRef, worker_identity, worker_pod
-from kaon.rig import podproc, podrun, podstatus
+from kaon_rig import podproc, podrun, podstatus
 
 POD_DIR = Path("agent") / "pods" / "ns_p"
 MACHINE = podrun.Machine(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kaon.rig import podstatus
+from kaon_rig import podstatus
 
 SCHEDULED = {"type": "PodScheduled", "status": "True", "lastTransitionTime": "t0"}
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kaon.rig import prober, probes
-from kaon.rig.podrun import LocalRun
+from kaon_rig import prober, probes
+from kaon_rig.podrun import LocalRun
 
 HOST = "127.0.0.1"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kaon.rig import prober
-from kaon.rig.probes import (
+from kaon_rig import prober
+from kaon_rig.probes import (
     ContainerHealth,
     Exec,
     HttpGet,

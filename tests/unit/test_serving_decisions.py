@@ -11,9 +11,9 @@ from kaon.api.inferenceservice import (
     Replicas,
     ResolvedModel,
 )
+from kaon.api.resources import Resources
 from kaon.api.settings import Settings
 from kaon.builders.server import ServiceRef, deployment, service
-from kaon.api.resources import Resources
 from kaon.lifecycle import serving
 from kaon.placement import Placed, PoolOffer, Waiting, place_service, replica_demand
 

@@ -28,3 +28,11 @@ FINALIZER = "kaon.dev/cleanup"
 
 # Extended resources.
 GPU_RESOURCE = "nvidia.com/gpu"
+
+ObjectKey = tuple[str, str]  # (namespace, name) of a namespaced kaon object
+
+
+def key_of(body: dict[str, object]) -> ObjectKey:
+    meta = body["metadata"]
+    assert isinstance(meta, dict)
+    return str(meta["namespace"]), str(meta["name"])

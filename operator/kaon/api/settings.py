@@ -17,6 +17,7 @@ class Settings:
     master_port: int = 29500
     placement_interval_s: float = 0.5
     metrics_port: int = 8081  # Prometheus /metrics; 0: off
+    failover_grace_s: float = 10.0  # a member not ready this long loses its workloads
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -29,4 +30,5 @@ class Settings:
             runtime_image=env.get("KAON_RUNTIME_IMAGE", cls.runtime_image),
             image_pull_policy=policy,  # type: ignore[arg-type]
             metrics_port=int(env.get("KAON_METRICS_PORT", cls.metrics_port)),
+            failover_grace_s=float(env.get("KAON_FAILOVER_GRACE_SECONDS", cls.failover_grace_s)),
         )

@@ -16,6 +16,7 @@ from kaon.api.names import (
     MANAGER,
     PROGRESS_ANNOTATION,
     RANK_LABEL,
+    REPORT_ANNOTATIONS,
 )
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import TrainingJobSpec, WorkerResources
@@ -32,8 +33,7 @@ WORKER_IDENTITY = "kaon-worker"  # ServiceAccount, Role and RoleBinding in each 
 SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TERMINATION_LOG = "/dev/termination-log"
 STATE_ROOT = "/var/lib/kaon"  # the state volume: the job's claim, else an emptyDir
-SIM_PREFIX = "kaon.dev/sim-"
-SIM_FAIL = "kaon.dev/sim-fail"  # "attempt:rank:code,...": that worker exits with code (rig only)
+KUBECTL_DOMAIN = "kubectl.kubernetes.io/"  # kubectl's notes on the TrainingJob object itself
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,19 @@ def _labels(job: JobRef, attempt: int, rank: int | None = None) -> dict[str, str
     return labels
 
 
-def _sim_annotations(job: JobRef, attempt: int, rank: int) -> dict[str, str]:
-    """Pass the rig's kwok simulation annotations through to the worker (inert elsewhere)."""
-    out = {k: v for k, v in job.annotations.items() if k.startswith(SIM_PREFIX) and k != SIM_FAIL}
-    for entry in job.annotations.get(SIM_FAIL, "").split(","):
-        parts = entry.strip().split(":")
-        if len(parts) == 3 and parts[0] == str(attempt) and parts[1] == str(rank):
-            out["kaon.dev/sim-exit-code"] = parts[2]
-    return out
+def pod_annotations(job: JobRef) -> dict[str, str]:
+    """The annotations a TrainingJob passes to its worker pods: all of its own, but two kinds.
+
+    kaon has no pod template, so this is how a job gives its pods what tools on the member read
+    from pods (`karpenter.sh/do-not-disrupt`, a sidecar injector's opt-out, ...). Left out are
+    kubectl's (its last-applied copy is about the job, and large) and the reports the runtime
+    writes on its own pod, which the operator must read from the runtime alone.
+    """
+    return {
+        k: v
+        for k, v in job.annotations.items()
+        if not k.startswith(KUBECTL_DOMAIN) and k not in REPORT_ANNOTATIONS
+    }
 
 
 def master_addr(job: JobRef) -> str:
@@ -149,7 +154,7 @@ def worker_pod(
             "name": worker_pod_name(job.name, attempt, rank),
             "namespace": job.namespace,
             "labels": _labels(job, attempt, rank),
-            "annotations": _sim_annotations(job, attempt, rank),
+            "annotations": pod_annotations(job),
         },
         "spec": {
             "restartPolicy": "Never",

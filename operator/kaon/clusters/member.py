@@ -14,6 +14,7 @@ from kaon.api.names import (
     MANAGER,
     MAX_REPORT_BYTES,
     REPORT_ANNOTATIONS,
+    ObjectKey,
 )
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, KubeClient, Obj
@@ -21,9 +22,6 @@ from kaon.clusters.informer import run_informer
 from kaon.clusters.inventory import ClusterInventory
 
 log = logging.getLogger(__name__)
-
-
-JobKey = tuple[str, str]  # (namespace, job name); also (namespace, service name)
 
 
 def slim_pod(pod: Obj) -> Obj:
@@ -72,13 +70,13 @@ class Member:
 
     name: str
     client: KubeClient
-    on_job_pods: Callable[[JobKey], None] = lambda key: None
-    on_service_pods: Callable[[JobKey], None] = lambda key: None
+    on_job_pods: Callable[[ObjectKey], None] = lambda key: None
+    on_service_pods: Callable[[ObjectKey], None] = lambda key: None
     on_capacity: Callable[[str], None] = lambda name: None
     on_health: Callable[[str], None] = lambda name: None
     inventory: ClusterInventory = field(default_factory=ClusterInventory)
-    job_pods: dict[JobKey, dict[str, Obj]] = field(default_factory=dict)
-    service_pods: dict[JobKey, dict[str, Obj]] = field(default_factory=dict)
+    job_pods: dict[ObjectKey, dict[str, Obj]] = field(default_factory=dict)
+    service_pods: dict[ObjectKey, dict[str, Obj]] = field(default_factory=dict)
     health: Health = field(default_factory=Health)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _synced: set[str] = field(default_factory=set)
@@ -100,10 +98,10 @@ class Member:
         """Reachable, and both views listed since the last failure."""
         return self.health.reachable and self._synced >= {"nodes", "pods"}
 
-    def pods_of(self, key: JobKey) -> dict[str, Obj]:
+    def pods_of(self, key: ObjectKey) -> dict[str, Obj]:
         return self.job_pods.get(key, {})
 
-    def replicas_of(self, key: JobKey) -> dict[str, Obj]:
+    def replicas_of(self, key: ObjectKey) -> dict[str, Obj]:
         """The server pods of an InferenceService (namespace, name) in this member."""
         return self.service_pods.get(key, {})
 
@@ -148,7 +146,7 @@ class Member:
 
         await run_informer(self.client, paths.pods(), reset, event, self._health_changed("pods"))
 
-    def _apply_pod(self, kind: str, obj: Obj) -> tuple[JobKey | None, JobKey | None]:
+    def _apply_pod(self, kind: str, obj: Obj) -> tuple[ObjectKey | None, ObjectKey | None]:
         """Account the pod; the job (if a worker) or the service (if a server) it belongs to."""
         self.inventory.apply_pod(kind, obj)
         job = self._group(self.job_pods, JOB_LABEL, kind, obj)
@@ -157,8 +155,8 @@ class Member:
 
     @staticmethod
     def _group(
-        groups: dict[JobKey, dict[str, Obj]], label: str, kind: str, obj: Obj
-    ) -> JobKey | None:
+        groups: dict[ObjectKey, dict[str, Obj]], label: str, kind: str, obj: Obj
+    ) -> ObjectKey | None:
         meta = obj["metadata"]
         labels = meta.get("labels") or {}
         if labels.get(MANAGED_BY) != MANAGER or label not in labels:

@@ -8,7 +8,9 @@ from kaon.lifecycle.decide import (
     Observe,
     Restart,
     Succeed,
+    SuspendStep,
     next_action,
+    suspend_step,
 )
 from kaon.lifecycle.workers import WorkerState, observe_pod
 
@@ -20,7 +22,9 @@ __all__ = [
     "Observe",
     "Restart",
     "Succeed",
+    "SuspendStep",
     "WorkerState",
     "next_action",
     "observe_pod",
+    "suspend_step",
 ]

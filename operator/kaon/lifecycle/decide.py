@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from kaon.lifecycle.workers import WorkerState
 
@@ -95,3 +96,15 @@ def next_action(view: JobView, workers: Mapping[int, WorkerState]) -> Action:
         all_running=all(w.phase in ("Running", "Succeeded") for w in states),
         progress=states[0].progress,
     )
+
+
+SuspendStep = Literal["suspend", "resume", "run"]
+
+
+def suspend_step(suspend: bool, state: str) -> SuspendStep:
+    """spec.runPolicy.suspend against the state: remove the workers and free the pool
+    ("suspend", again on every look until the workers are gone), put a suspended job back in
+    line ("resume"), or carry on ("run")."""
+    if suspend:
+        return "suspend"
+    return "resume" if state == "Suspended" else "run"

@@ -2,12 +2,14 @@
 
 from kaon.placement.decide import decide, plan
 from kaon.placement.demand import gang_demand, preferences, replica_demand
+from kaon.placement.health import HealthHistory
 from kaon.placement.model import (
     GangDemand,
     Outcome,
     Placed,
     PoolOffer,
     Preference,
+    Reservation,
     Unplaceable,
     Waiting,
 )
@@ -15,10 +17,12 @@ from kaon.placement.serving import ServicePlan, place_service
 
 __all__ = [
     "GangDemand",
+    "HealthHistory",
     "Outcome",
     "Placed",
     "PoolOffer",
     "Preference",
+    "Reservation",
     "ServicePlan",
     "Unplaceable",
     "Waiting",

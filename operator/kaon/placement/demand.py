@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from kaon.api.inferenceservice import InferenceServiceSpec
 from kaon.api.resources import Resources
 from kaon.api.trainingjob import PoolPreference, TrainingJobSpec, WorkerResources
-from kaon.placement.model import GangDemand, Preference
+from kaon.placement.model import GangDemand, Preference, Reservation
 
 
 def pool_preferences(
@@ -51,3 +52,30 @@ def replica_demand(key: str, spec: InferenceServiceSpec) -> GangDemand:
         preferences=pool_preferences(spec.placement.pool_preferences, spec.resources),
         cluster_selector=spec.placement.cluster_selector,
     )
+
+
+def held_by_job(
+    spec: TrainingJobSpec, cluster: str, pool: str, gpus_per_worker: int, bound: int
+) -> Reservation | None:
+    """What a placed gang holds beyond its workers bound to nodes (no GPUs on a CPU pool)."""
+    left = spec.workers - bound
+    if left <= 0:
+        return None
+    per_worker = replace(per_pod(spec.resources), gpus=gpus_per_worker)
+    return Reservation(cluster, pool, per_worker, left)
+
+
+def held_by_replicas(
+    spec: InferenceServiceSpec,
+    cluster: str,
+    pool: str,
+    gpus_per_replica: int,
+    wanted: int,
+    bound: int,
+) -> Reservation | None:
+    """What a service's decided replicas in one cluster hold beyond those bound to nodes."""
+    left = wanted - bound
+    if left <= 0:
+        return None
+    per_replica = replace(per_pod(spec.resources), gpus=gpus_per_replica)
+    return Reservation(cluster, pool, per_replica, left)

@@ -89,3 +89,14 @@ class Unplaceable:
 
 
 Outcome = Placed | Waiting | Unplaceable
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Capacity a decided workload holds on a pool beyond its pods already bound to nodes:
+    counted from the moment of the decision, so the next decision cannot give it away."""
+
+    cluster: str
+    pool: str
+    per_pod: Resources
+    count: int

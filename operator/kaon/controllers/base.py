@@ -1,0 +1,58 @@
+"""What every controller of a hub kind does the same way: its finalizer, status writes that
+are skipped when nothing changed, and Events."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from kaon.api.names import FINALIZER
+from kaon.clusters.client import KubeClient, Obj
+from kaon.engine import hubio
+from kaon.engine.cache import ObjectCache
+from kaon.engine.clock import Clock, rfc3339
+
+
+class Reconciler:
+    def __init__(self, hub: KubeClient, plural: str, kind: str, clock: Clock) -> None:
+        self.hub = hub
+        self.plural = plural
+        self.kind = kind
+        self.clock = clock
+        self.cache = ObjectCache()
+
+    def now(self) -> str:
+        return rfc3339(self.clock)
+
+    def saved(self, answer: Obj) -> Obj | None:
+        """Our write's answer into the cache; the cached body (None if deleted meanwhile)."""
+        return self.cache.written(answer)
+
+    async def add_finalizer(self, body: Obj) -> Obj | None:
+        """The body with kaon's finalizer (written if missing); None if it is gone meanwhile."""
+        finalizers = body["metadata"].get("finalizers") or []
+        if FINALIZER in finalizers:
+            return body
+        answer = await hubio.set_finalizers(self.hub, self.plural, body, [*finalizers, FINALIZER])
+        return self.saved(answer)
+
+    async def remove_finalizer(self, body: Obj) -> None:
+        finalizers = body["metadata"].get("finalizers") or []
+        if FINALIZER in finalizers:
+            kept = [f for f in finalizers if f != FINALIZER]
+            self.saved(await hubio.set_finalizers(self.hub, self.plural, body, kept))
+
+    async def write_status(
+        self, body: Obj, new: BaseModel, old: BaseModel | None = None
+    ) -> Obj | None:
+        """Patch status to `new`, unless it equals `old`; the cached body after the write."""
+        if old is not None and new == old:
+            return body
+        dumped = new.model_dump(mode="json", by_alias=True)
+        return self.saved(await hubio.patch_status(self.hub, self.plural, body, dumped))
+
+    async def event(self, body: Obj, type_: str, reason: str, message: str) -> None:
+        now = rfc3339(self.clock)
+        await hubio.post_event(self.hub, self.kind, body, type_, reason, message, now)
+
+    async def delete(self, body: Obj) -> None:
+        await hubio.delete(self.hub, self.plural, body)

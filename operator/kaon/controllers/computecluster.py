@@ -1,0 +1,160 @@
+"""The ComputeCluster controller: registers members with the fleet, and publishes each one's
+reachability and live pool inventory in its status when it changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+
+from kaon.api.common import API_VERSION, Condition
+from kaon.api.computecluster import ComputeClusterStatus, PoolStatus, ResourceAmounts
+from kaon.api.resources import Resources
+from kaon.clusters import paths
+from kaon.clusters.client import ApiError, KubeClient, Obj
+from kaon.engine.clock import Clock, rfc3339
+from kaon.engine.fleet import Fleet, Registered
+from kaon.lifecycle.conditions import set_condition
+
+log = logging.getLogger(__name__)
+PUBLISH_INTERVAL_S = 2.0
+
+
+def _amounts(r: Resources) -> ResourceAmounts:
+    return ResourceAmounts(cpu=r.milli_cpu / 1000, memory=r.memory, gpus=r.gpus)
+
+
+def cluster_status(
+    reg: Registered, old: list[Condition], gen: int, now: str
+) -> ComputeClusterStatus:
+    member = reg.member
+    if reg.problem:
+        ready, (reason, message) = False, reg.problem
+    elif member is None:
+        ready, reason, message = False, "Connecting", "no client yet"
+    elif member.ready:
+        ready, reason, message = True, "Reachable", f"{len(member.inventory.nodes)} nodes watched"
+    else:
+        ready, reason, message = False, member.health.reason, member.health.message
+    pools = []
+    for pool in reg.spec.pools:
+        nodes = (
+            [n for n in member.inventory.nodes_matching(pool.node_selector) if n.usable]
+            if member
+            else []
+        )
+        alloc = sum((n.allocatable for n in nodes), Resources())
+        used = (
+            sum((member.inventory.used.get(n.name, Resources()) for n in nodes), Resources())
+            if member
+            else Resources()
+        )
+        pools.append(
+            PoolStatus(
+                name=pool.name,
+                nodes=len(nodes),
+                allocatable=_amounts(alloc),
+                requested=_amounts(used),
+                free=_amounts(alloc - used),
+            )
+        )
+    return ComputeClusterStatus(
+        observed_generation=gen,
+        conditions=set_condition(old, "Ready", ready, reason, message, gen, now),
+        pools=pools,
+        server=member.client.server if member else "",
+        kubernetes_version=member.health.version if member else "",
+    )
+
+
+def pool_inventory(fleet: Fleet) -> Iterator[tuple[str, bool, list[tuple[str, dict[str, float]]]]]:
+    """(cluster, ready, [(pool, amounts)]) for the metrics: capacity and free per resource."""
+    for name, reg in list(fleet.clusters.items()):
+        status = cluster_status(reg, [], 0, "")
+        pools = [
+            (
+                p.name,
+                {
+                    "cpu_capacity": p.allocatable.cpu,
+                    "cpu_free": p.free.cpu,
+                    "memory_capacity": float(p.allocatable.memory),
+                    "memory_free": float(p.free.memory),
+                    "gpu_capacity": float(p.allocatable.gpus),
+                    "gpu_free": float(p.free.gpus),
+                },
+            )
+            for p in status.pools
+        ]
+        yield name, status.conditions[0].status == "True", pools
+
+
+class Published:
+    """What was last written to each ComputeCluster's status, to write only what changed.
+
+    Keyed by uid: a ComputeCluster deleted and created again under its name starts with no
+    status, so what was published for the old object must not count for the new one.
+    """
+
+    def __init__(self) -> None:
+        self._by_uid: dict[str, ComputeClusterStatus] = {}
+
+    def changed(
+        self, regs: list[Registered], generations: dict[str, int], now: str
+    ) -> list[tuple[Registered, ComputeClusterStatus]]:
+        for gone in self._by_uid.keys() - {reg.uid for reg in regs}:
+            del self._by_uid[gone]
+        out = []
+        for reg in regs:
+            old = self._by_uid.get(reg.uid)
+            status = cluster_status(
+                reg, old.conditions if old else [], generations.get(reg.name, 0), now
+            )
+            if old != status:
+                out.append((reg, status))
+        return out
+
+    def mark(self, reg: Registered, status: ComputeClusterStatus) -> None:
+        self._by_uid[reg.uid] = status
+
+
+class ComputeClusterController:
+    def __init__(
+        self, hub: KubeClient, fleet: Fleet, clock: Clock, on_change: Callable[[], None]
+    ) -> None:
+        self.hub = hub
+        self.fleet = fleet
+        self.clock = clock
+        self.on_change = on_change  # capacity may have come or gone: admission looks again
+        self.generations: dict[str, int] = {}
+        self.published = Published()
+
+    async def object_event(self, kind: str, body: Obj) -> None:
+        name = body["metadata"]["name"]
+        if kind == "DELETED":
+            await self.fleet.remove(name)
+            self.generations.pop(name, None)
+        else:
+            self.generations[name] = int(body["metadata"].get("generation", 0))
+            await self.fleet.upsert(body)
+        self.on_change()
+
+    async def publish_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+            await self.publish()
+
+    async def publish(self) -> None:
+        await self.fleet.retry_problems()
+        regs = list(self.fleet.clusters.values())
+        for reg in regs:
+            if reg.member and not reg.member.health.version and reg.member.health.reachable:
+                await reg.member.probe_version()
+        for reg, status in self.published.changed(regs, self.generations, rfc3339(self.clock)):
+            try:
+                await self.hub.merge_patch(
+                    paths.custom(API_VERSION, "computeclusters", None, reg.name) + "/status",
+                    {"status": status.model_dump(mode="json", by_alias=True)},
+                )
+                self.published.mark(reg, status)
+            except ApiError as exc:
+                log.info("status of ComputeCluster %s: %s", reg.name, exc)

@@ -1,0 +1,395 @@
+"""The InferenceService controller: resolve the model, place replicas, scale them, report status.
+
+Hub events, member pod events (readiness, the servers' load reports) and a periodic resync
+all end in `reconcile(key)`; the decisions are the pure functions of `placement`,
+`lifecycle.serving` and `lifecycle.models`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from kaon.api.inferenceservice import (
+    InferenceServiceSpec,
+    InferenceServiceStatus,
+    ModelSource,
+    ResolvedModel,
+)
+from kaon.api.names import FINALIZER, LOAD_ANNOTATION, REVISION_LABEL, ObjectKey, key_of
+from kaon.api.settings import Settings
+from kaon.builders.server import Revision, ServiceRef, deployment, service, service_url
+from kaon.clusters.client import KubeClient, Obj
+from kaon.clusters.member import Member
+from kaon.controllers.base import Reconciler
+from kaon.controllers.serverops import Applied, ServerOps
+from kaon.engine import metrics
+from kaon.engine.admission import Admission
+from kaon.engine.cache import Memory
+from kaon.engine.clock import Clock, seconds_since
+from kaon.engine.fleet import Fleet
+from kaon.engine.workqueue import WorkQueue
+from kaon.lifecycle import serving
+from kaon.lifecycle.models import JobFacts, ModelProblem, resolve_model
+from kaon.placement import HealthHistory, Placed, Reservation, place_service, replica_demand
+from kaon.placement.demand import held_by_replicas
+
+log = logging.getLogger(__name__)
+PLURAL = "inferenceservices"
+KIND = "InferenceService"
+RESYNC_S = 3.0  # load reports, capacity and member health are looked at this often
+RETRY_S = 2.0
+
+
+@dataclass
+class ServiceMemory:
+    """What the operator remembers of one service between reconciles."""
+
+    applied: Applied = field(default_factory=dict)
+    # Replicas decided per (cluster, pool, GPUs per replica): held by admission until bound.
+    wanted: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    spec: InferenceServiceSpec | None = None
+
+
+def _is_ready(pod: Obj) -> bool:
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    conditions = pod["status"].get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+class InferenceServiceController(Reconciler):
+    def __init__(
+        self,
+        hub: KubeClient,
+        fleet: Fleet,
+        admission: Admission,
+        settings: Settings,
+        clock: Clock,
+        job_facts: Callable[[str, str], JobFacts | None],
+        ensure_namespace: Callable[[Member, str], Awaitable[None]],
+    ) -> None:
+        super().__init__(hub, PLURAL, KIND, clock)
+        self.fleet = fleet
+        self.admission = admission
+        self.settings = settings
+        self.job_facts = job_facts
+        self.ensure_namespace = ensure_namespace
+        self.ops = ServerOps(fleet)
+        self.memory: Memory[ServiceMemory] = Memory(ServiceMemory)
+        self.health = HealthHistory()
+        self.queue: WorkQueue[ObjectKey] = WorkQueue(
+            self.reconcile, workers=8, on_error=metrics.reconcile_error("inferenceservice")
+        )
+        admission.register(KIND, self.reservations)
+
+    # --- events -------------------------------------------------------------------------------
+
+    def object_event(self, kind: str, body: Obj) -> None:
+        key = key_of(body)
+        if kind == "DELETED":
+            self.cache.deleted(key)
+            self.memory.forget(key)
+            return
+        self.cache.observed(body)
+        self.queue.add(key)
+
+    def pods_changed(self, key: ObjectKey) -> None:
+        if key in self.cache:
+            self.queue.add(key)
+
+    def job_changed(self, key: ObjectKey) -> None:
+        """A TrainingJob changed: services serving its artifact look again."""
+        for skey, body in self.cache.items():
+            if skey[0] != key[0]:
+                continue
+            spec = body.get("spec") or {}
+            sources = [spec.get("model") or {}, (spec.get("canary") or {}).get("model") or {}]
+            if any((s.get("trainingJobRef") or {}).get("name") == key[1] for s in sources):
+                self.queue.add(skey)
+
+    async def resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            for key, _ in self.cache.items():
+                self.queue.add(key)
+
+    def reservations(self) -> Iterator[tuple[ObjectKey, Reservation]]:
+        """Each service's decided replicas per cluster beyond those bound to nodes."""
+        for key, _ in self.cache.items():
+            memory = self.memory.peek(key)
+            if memory is None or memory.spec is None:
+                continue
+            for (cluster, pool, gpus), wanted in memory.wanted.items():
+                member = self.fleet.member(cluster)
+                bound = sum(
+                    1
+                    for p in (member.replicas_of(key) if member else {}).values()
+                    if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")
+                )
+                held = held_by_replicas(memory.spec, cluster, pool, gpus, wanted, bound)
+                if held is not None:
+                    yield key, held
+
+    # --- reconcile one service ----------------------------------------------------------------
+
+    async def reconcile(self, key: ObjectKey) -> float | None:
+        body = self.cache.get(key)
+        if body is None:
+            return None
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return await self._finalize(key, body)
+        saved = await self.add_finalizer(body)
+        if saved is None:
+            return None
+        body = saved
+        gen = int(meta.get("generation", 0))
+        status = InferenceServiceStatus.model_validate(body.get("status") or {})
+        try:
+            spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            message = f"spec does not match the InferenceService schema: {exc.errors()[0]['msg']}"
+            new = serving.not_serving(status, "InvalidSpec", message, gen, self.now(), True)
+            await self.write_status(body, new, status)
+            return None
+        model = self._resolve(key[0], spec.model)
+        if isinstance(model, tuple):
+            if status.model is None:
+                await self._remove_everywhere_but(key, set())
+                self.memory.of(key).wanted = {}
+                new = serving.not_serving(status, *model, gen, self.now())
+                await self.write_status(body, new, status)
+                return None
+            model = status.model  # keep serving what was resolved before
+        return await self._serve(key, body, spec, status, model, gen)
+
+    async def _serve(
+        self,
+        key: ObjectKey,
+        body: Obj,
+        spec: InferenceServiceSpec,
+        status: InferenceServiceStatus,
+        model: ResolvedModel,
+        gen: int,
+    ) -> float | None:
+        now = self.now()
+        memory = self.memory.of(key)
+        current = [
+            Placed(c.cluster, c.pool, c.accelerator or None, c.gpus_per_replica)
+            for c in status.clusters
+        ]
+        home = self._home_cluster(key[0], spec.model)
+        if home and not current:
+            current = self._first_slot(key, spec, home)
+        lost = self._lost({s.cluster for s in current})
+        demand = replica_demand(f"{key[0]}/{key[1]}", spec)
+        plan = self.admission.admit_replicas(
+            KIND, key, demand, spec.placement.clusters, current, lost
+        )
+        await self._remove_everywhere_but(key, {s.cluster for s in plan.slots})
+        if not plan.slots:
+            assert plan.shortfall is not None
+            memory.wanted = {}
+            new = serving.not_serving(
+                status, plan.shortfall.reason, plan.shortfall.message, gen, now
+            )
+            await self.write_status(body, new, status)
+            return None
+        if plan.shortfall is not None:
+            metrics.placement("inferenceservice", plan.shortfall)
+        if {s.cluster for s in plan.slots} != {c.cluster for c in status.clusters}:
+            for placed in plan.slots:
+                metrics.placement("inferenceservice", placed)
+            where = ", ".join(f"{s.cluster}/{s.pool}" for s in plan.slots)
+            moved_from = sorted(lost & {c.cluster for c in status.clusters})
+            if moved_from:
+                grace = self.settings.failover_grace_s
+                message = (
+                    f"cluster {', '.join(moved_from)} unreachable for {grace:.0f}s: "
+                    f"replicas now in {where}"
+                )
+                await self.event(body, "Warning", "FailedOver", message)
+            else:
+                await self.event(body, "Normal", "Placed", f"replicas in {where}")
+        desired, scaled_at = self._desired(key, spec, status, plan.slots, now)
+        if desired != (status.desired_replicas or spec.replicas.min):
+            verb = "ScaledUp" if desired > status.desired_replicas else "ScaledDown"
+            await self.event(
+                body, "Normal", verb, f"{status.desired_replicas} -> {desired} replicas"
+            )
+        canary_model, canary_percent = self._canary(key[0], spec)
+        ref = ServiceRef(key[0], key[1], body["metadata"]["uid"])
+        shares = serving.split_over(desired, len(plan.slots))
+        memory.spec = spec
+        memory.wanted = {}
+        splits = []
+        for placed, replicas in zip(plan.slots, shares, strict=True):
+            slot = serving.Slot(
+                placed.cluster, placed.pool, placed.accelerator, placed.gpus_per_worker
+            )
+            stable_n, canary_n = serving.canary_split(replicas, canary_percent or 0)
+            memory.wanted[(slot.cluster, slot.pool, slot.gpus_per_replica)] = stable_n + canary_n
+            splits.append((slot, stable_n, canary_n))
+        views = [
+            await self._apply_cluster(memory, ref, spec, model, canary_model, *split)
+            for split in splits
+        ]
+        short = plan.shortfall
+        shortfall = (short.reason, short.message) if short else None
+        new = serving.serving(
+            status, gen, now, model, views, shortfall, desired, scaled_at, canary_percent
+        )
+        await self.write_status(body, new, status)
+        return None
+
+    async def _apply_cluster(
+        self,
+        memory: ServiceMemory,
+        ref: ServiceRef,
+        spec: InferenceServiceSpec,
+        model: ResolvedModel,
+        canary_model: ResolvedModel | None,
+        slot: serving.Slot,
+        stable_n: int,
+        canary_n: int,
+    ) -> serving.ClusterView:
+        key = (ref.namespace, ref.name)
+        member = self.fleet.member(slot.cluster)
+        pool = self.fleet.pool(slot.cluster, slot.pool)
+        url = service_url(ref)
+        if member is None or pool is None or not member.ready:
+            return serving.ClusterView(slot, url, stable_n, canary_n, 0, 0)
+        await self.ensure_namespace(member, ref.namespace)
+        await self.ops.apply(member, memory.applied, service(ref))
+        revisions: list[tuple[Revision, ResolvedModel | None, int]] = [
+            ("stable", model, stable_n),
+            ("canary", canary_model, canary_n),
+        ]
+        for revision, source, n in revisions:
+            if source is None:
+                gone = deployment(ref, revision, spec, model, pool, 0, 0, self.settings)
+                present = revision in self._revisions_present(member, key)
+                if present or self.ops.has(member, memory.applied, gone):
+                    await self.ops.delete(member, memory.applied, gone)
+                continue
+            obj = deployment(
+                ref, revision, spec, source, pool, slot.gpus_per_replica, n, self.settings
+            )
+            await self.ops.apply(member, memory.applied, obj)
+        ready = {"stable": 0, "canary": 0}
+        for pod in member.replicas_of(key).values():
+            if _is_ready(pod):
+                revision = pod["metadata"]["labels"].get(REVISION_LABEL, "stable")
+                ready[revision] = ready.get(revision, 0) + 1
+        return serving.ClusterView(
+            slot, url, stable_n, canary_n, ready["stable"], ready["canary"] if canary_n else 0
+        )
+
+    @staticmethod
+    def _revisions_present(member: Member, key: ObjectKey) -> set[str]:
+        return {
+            p["metadata"]["labels"].get(REVISION_LABEL, "")
+            for p in member.replicas_of(key).values()
+        }
+
+    # --- model, placement, scale ------------------------------------------------------------
+
+    def _resolve(self, namespace: str, source: ModelSource) -> ResolvedModel | ModelProblem:
+        ref = source.training_job_ref
+        job = self.job_facts(namespace, ref.name) if ref is not None else None
+        return resolve_model(source, job)
+
+    def _home_cluster(self, namespace: str, source: ModelSource) -> str | None:
+        """The cluster whose claim holds a TrainingJob's artifact: the first to serve it."""
+        if source.training_job_ref is None:
+            return None
+        job = self.job_facts(namespace, source.training_job_ref.name)
+        placement = job[1].placement if job else None
+        return placement.cluster if placement else None
+
+    def _first_slot(self, key: ObjectKey, spec: InferenceServiceSpec, home: str) -> list[Placed]:
+        offers = [o for o in self.admission.offers((KIND, key)) if o.cluster == home]
+        demand = replica_demand(f"{key[0]}/{key[1]}", spec)
+        return list(place_service(demand, 1, offers, []).slots)
+
+    def _canary(
+        self, namespace: str, spec: InferenceServiceSpec
+    ) -> tuple[ResolvedModel | None, int | None]:
+        if spec.canary is None:
+            return None, None
+        model = self._resolve(namespace, spec.canary.model)
+        if isinstance(model, tuple):
+            return None, 0  # reported as a 0% share until its model is ready
+        return model, spec.canary.traffic_percent
+
+    def _lost(self, clusters: Iterable[str]) -> set[str]:
+        ready = {}
+        for cluster in clusters:
+            member = self.fleet.member(cluster)
+            ready[cluster] = member is not None and member.ready
+        now = self.clock.monotonic()
+        return self.health.lost(ready, now, self.settings.failover_grace_s)
+
+    def _desired(
+        self,
+        key: ObjectKey,
+        spec: InferenceServiceSpec,
+        status: InferenceServiceStatus,
+        slots: Iterable[Placed],
+        now: str,
+    ) -> tuple[int, str | None]:
+        wall = self.clock.wall()
+        loads = []
+        for slot in slots:
+            member = self.fleet.member(slot.cluster)
+            for pod in (member.replicas_of(key) if member else {}).values():
+                raw = (pod["metadata"].get("annotations") or {}).get(LOAD_ANNOTATION)
+                load = serving.parse_load(raw, wall)
+                if load is not None and not pod["metadata"].get("deletionTimestamp"):
+                    loads.append(load)
+        recommended = serving.recommend(loads, spec.autoscaling.target_concurrency, spec.replicas)
+        desired = serving.next_desired(
+            status.desired_replicas,
+            recommended,
+            spec.replicas,
+            seconds_since(self.clock, status.last_scale_time),
+            spec.autoscaling.scale_down_delay_seconds,
+        )
+        changed = desired != status.desired_replicas
+        return desired, now if changed else status.last_scale_time
+
+    # --- clean-up -----------------------------------------------------------------------------
+
+    async def _remove_everywhere_but(self, key: ObjectKey, keep: set[str]) -> None:
+        """Remove the service from clusters it no longer runs in (after failover or a change)."""
+        applied = self.memory.of(key).applied
+        stale = self.ops.applied_in(applied)
+        for name, reg in self.fleet.clusters.items():
+            if reg.member is not None and reg.member.replicas_of(key):
+                stale.add(name)
+        # Two ComputeClusters may register one API server (other pools of it): never clean up
+        # a server that still runs the service under another name.
+        kept = {m.client.server for m in map(self.fleet.member, keep) if m is not None}
+        for cluster in stale - keep:
+            member = self.fleet.member(cluster)
+            if member is not None and member.client.server in kept:
+                continue
+            if not await self.ops.remove_all(key, cluster, applied):
+                log.info("service %s/%s: clean-up in %s retried", *key, cluster)
+
+    async def _finalize(self, key: ObjectKey, body: Obj) -> float | None:
+        if FINALIZER not in (body["metadata"].get("finalizers") or []):
+            return None
+        applied = self.memory.of(key).applied
+        for cluster in list(self.fleet.clusters):
+            if not await self.ops.remove_all(key, cluster, applied):
+                log.info("service %s/%s: cluster %s unreachable, clean-up retried", *key, cluster)
+                return RETRY_S
+        self.memory.forget(key)
+        await self.remove_finalizer(body)
+        return None

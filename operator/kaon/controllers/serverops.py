@@ -1,0 +1,86 @@
+"""Writes of an InferenceService's objects to members: apply when changed, remove everywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from kaon.api.names import ObjectKey
+from kaon.builders.names import service_selector
+from kaon.clusters import paths
+from kaon.clusters.client import ApiError, Obj
+from kaon.clusters.member import Member
+from kaon.engine.fleet import Fleet
+
+log = logging.getLogger(__name__)
+DEPLOYMENTS = ("apps/v1", "deployments")
+
+
+def _path(obj: Obj) -> str:
+    meta = obj["metadata"]
+    api_version = obj["apiVersion"]
+    plural = "deployments" if obj["kind"] == "Deployment" else "services"
+    return f"{paths.collection(api_version, plural, meta['namespace'])}/{meta['name']}"
+
+
+def _digest(obj: Obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+Applied = dict[tuple[str, str], str]  # (cluster, path) -> digest of what was last applied
+
+
+class ServerOps:
+    """Applies objects only when they differ from what this operator last applied (each
+    service's `Applied` record lives in its memory)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    async def apply(self, member: Member, applied: Applied, obj: Obj) -> None:
+        path = _path(obj)
+        digest = _digest(obj)
+        if applied.get((member.name, path)) == digest:
+            return
+        try:
+            await member.client.merge_patch(path, obj)
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+            await member.client.create(path.rsplit("/", 1)[0], obj)
+        applied[(member.name, path)] = digest
+
+    async def delete(self, member: Member, applied: Applied, obj: Obj) -> None:
+        path = _path(obj)
+        await member.client.delete_if_present(path)
+        applied.pop((member.name, path), None)
+
+    @staticmethod
+    def has(member: Member, applied: Applied, obj: Obj) -> bool:
+        """Whether this operator applied that object in the member (and has not deleted it)."""
+        return (member.name, _path(obj)) in applied
+
+    @staticmethod
+    def applied_in(applied: Applied) -> set[str]:
+        """Clusters where this operator has applied objects of the service."""
+        return {cluster for cluster, _ in applied}
+
+    async def remove_all(self, key: ObjectKey, cluster: str, applied: Applied) -> bool:
+        """Delete the service's Deployments and Service in the cluster; False if not yet done."""
+        member, done = self.fleet.cleanup_member(cluster)
+        if member is None:
+            return done
+        ns, name = key
+        selector = service_selector(name)
+        deployments = paths.collection(*DEPLOYMENTS, ns)
+        try:
+            await member.client.delete(deployments, labelSelector=selector)
+            await member.client.delete_if_present(f"{paths.services(ns)}/{name}")
+            left = await member.client.get(deployments, labelSelector=selector)
+        except ApiError as exc:
+            log.info("cleanup of service %s/%s in %s: %s", ns, name, cluster, exc)
+            return False
+        for where in [w for w in applied if w[0] == cluster]:
+            del applied[where]
+        return all(d["metadata"].get("deletionTimestamp") for d in left.get("items", []))

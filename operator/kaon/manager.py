@@ -1,0 +1,105 @@
+"""The manager: builds the engine (fleet, admission, clock) and one controller per kind, wires
+the events between them, and runs their loops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kaon.api.names import ObjectKey
+from kaon.api.settings import Settings
+from kaon.clusters.client import KubeClient
+from kaon.controllers.computecluster import ComputeClusterController, pool_inventory
+from kaon.controllers.inferenceservice import InferenceServiceController
+from kaon.controllers.trainingjob import TrainingJobController
+from kaon.controllers.workers import WorkerOps
+from kaon.engine import metrics
+from kaon.engine.admission import Admission
+from kaon.engine.clock import Clock, SystemClock
+from kaon.engine.fleet import Fleet
+from kaon.engine.heap import trim_loop
+
+
+class Manager:
+    def __init__(
+        self,
+        hub: KubeClient,
+        hub_kubeconfig: Mapping[str, Any],
+        settings: Settings,
+        clock: Clock | None = None,
+        connect: Callable[[Mapping[str, Any]], KubeClient] = KubeClient,
+    ) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.fleet = Fleet(
+            hub,
+            hub_kubeconfig,
+            settings,
+            on_job_pods=self._job_pods,
+            on_capacity=self._capacity,
+            on_service_pods=self._service_pods,
+            connect=connect,
+        )
+        self.admission = Admission(self.fleet)
+        self.workers = WorkerOps(self.fleet, settings)
+        self.jobs = TrainingJobController(
+            hub,
+            self.fleet,
+            self.admission,
+            self.workers,
+            settings,
+            self.clock,
+            on_change=self._job_changed,
+        )
+        self.services = InferenceServiceController(
+            hub,
+            self.fleet,
+            self.admission,
+            settings,
+            self.clock,
+            self.jobs.facts,
+            self.workers.ensure_namespace,
+        )
+        self.clusters = ComputeClusterController(
+            hub, self.fleet, self.clock, self.jobs.want_placement
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _job_pods(self, key: ObjectKey) -> None:
+        self.jobs.pods_changed(key)
+
+    def _service_pods(self, key: ObjectKey) -> None:
+        self.services.pods_changed(key)
+
+    def _capacity(self, _cluster: str) -> None:
+        self.jobs.want_placement()
+
+    def _job_changed(self, key: ObjectKey) -> None:
+        self.services.job_changed(key)
+
+    def metrics_collector(self) -> metrics.StateCollector:
+        return metrics.StateCollector(
+            self.jobs.cache.items, self.services.cache.items, lambda: pool_inventory(self.fleet)
+        )
+
+    def start(self, trim_heap: bool = True) -> None:
+        self.jobs.queue.start()
+        self.services.queue.start()
+        loops = [
+            ("placement", self.jobs.placement_loop()),
+            ("services-resync", self.services.resync_loop()),
+            ("cluster-status", self.clusters.publish_loop()),
+        ]
+        if trim_heap:
+            loops.append(("heap-trim", trim_loop()))
+        self._tasks = [asyncio.create_task(loop, name=name) for name, loop in loops]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.jobs.queue.stop()
+        await self.services.queue.stop()
+        await self.fleet.stop()
