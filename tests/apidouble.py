@@ -355,6 +355,7 @@ class ApiDouble(KubeClient):
         self._rv = 0
         self._history: deque[Change] = deque(maxlen=history)
         self._watches: set[_Watch] = set()
+        self._held: list[Change] | None = None  # changes open watches have not been sent yet
         self._names = itertools.count(1)
         _SERVERS[self.server] = self
         for ns in INITIAL_NAMESPACES:
@@ -410,6 +411,18 @@ class ApiDouble(KubeClient):
     def watching(self) -> int:
         """How many watches are open."""
         return len(self._watches)
+
+    def hold_watches(self) -> None:
+        """Open watches lag: changes are stored (and listed) but sent only on release."""
+        if self._held is None:
+            self._held = []
+
+    def release_watches(self) -> None:
+        """Send open watches every change held back, in order."""
+        held, self._held = self._held or [], None
+        for change in held:
+            for w in self._watches:
+                w.offer(change)
 
     @property
     def delivered(self) -> bool:
@@ -614,8 +627,11 @@ class ApiDouble(KubeClient):
             self._objects[key] = obj
         change = Change(self._rv, key, kind, obj, old)
         self._history.append(change)
-        for w in self._watches:
-            w.offer(change)
+        if self._held is not None:
+            self._held.append(change)
+        else:
+            for w in self._watches:
+                w.offer(change)
         if kind == "DELETED" and key[2]:
             self._reap_namespace(key[2])
         return obj

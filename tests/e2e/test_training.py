@@ -7,6 +7,7 @@ The agent serves node west-local-0 (pool `local`): every worker pod placed there
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -111,19 +112,26 @@ def test_killed_worker_restarts_the_gang_which_resumes_from_its_checkpoint(
         TRAIN_TIMEOUT_S,
     )
     checkpoints = tmp_path / "jobs" / "resumable" / "checkpoints"  # one directory per job
+    pid = int((pod_dir(namespace, "resumable-a0-w1") / "pid").read_text())
     saved = sorted(checkpoints.glob("step-*.pt"))
     assert saved, "no checkpoint on the claim"
-    pid = int((pod_dir(namespace, "resumable-a0-w1") / "pid").read_text())
+    newest_at_kill = int(saved[-1].stem.removeprefix("step-"))
     os.kill(pid, signal.SIGKILL)
 
     job = jobs.wait_state(namespace, "resumable", "Succeeded", "Failed", timeout_s=TRAIN_TIMEOUT_S)
     assert state(job) == "Succeeded", job["status"]
     status = job["status"]
     assert status["attempt"] == 1 and status["restarts"] == 1
-    assert status["progress"]["resumedFromStep"] >= 20  # it went on, it did not start over
+    # It went on from the newest checkpoint (rank 0 may have saved one more at the next
+    # interval before the gang was torn down), it did not start over, and status says the
+    # step the runtime itself resumed from.
+    resumed = status["progress"]["resumedFromStep"]
+    assert resumed in (newest_at_kill, newest_at_kill + 20), (resumed, newest_at_kill)
+    assert (checkpoints / f"step-{resumed:09d}.pt").is_file()
+    logged = re.search(r"resuming at step (\d+) of", runtime_log(namespace, "resumable-a1-w0"))
+    assert logged is not None and int(logged.group(1)) == resumed
     assert status["progress"]["step"] == status["progress"]["totalSteps"]
     assert status["metrics"]["accuracy"] >= 0.95
-    assert "resuming at step" in runtime_log(namespace, "resumable-a1-w0")
     # The resumed attempt went on writing to the same claim, up to the last step.
     last = sorted(checkpoints.glob("step-*.pt"))[-1]
     assert last.name == f"step-{status['progress']['totalSteps']:09d}.pt"

@@ -232,7 +232,7 @@ class World:
             assert body is not None
             await self.manager.clusters.object_event("ADDED", body)
         for name in self.specs:
-            await until(lambda n=name: self.member(n).ready, f"member {name} ready")
+            await until(functools.partial(self.is_ready, name), f"member {name} ready")
 
     async def stop(self) -> None:
         await self.manager.stop()
@@ -245,6 +245,10 @@ class World:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+    def is_ready(self, name: str) -> bool:
+        member = self.manager.fleet.member(name)
+        return member is not None and member.ready
 
     def member(self, name: str = "west") -> Member:
         member = self.manager.fleet.member(name)

@@ -58,7 +58,13 @@ def test_worker_pod_lands_on_the_pool_with_its_gpus_and_restricted_context() -> 
 def test_cpu_fallback_drops_the_gpus() -> None:
     cpu_pool = PoolSpec.model_validate({"name": "cpu", "nodeSelector": {"kaon.dev/pool": "cpu"}})
     pod = worker_pod(JOB, SPEC, cpu_pool, 0, attempt=0, rank=0, settings=SETTINGS)
-    assert "nvidia.com/gpu" not in pod["spec"]["containers"][0]["resources"]["requests"]
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == {"cpu": "2", "memory": "4Gi"}
+    assert "nvidia.com/gpu" not in resources["limits"]
+    assert resources["limits"]["memory"] == "4Gi"
+    assert pod["spec"]["nodeSelector"] == {"kaon.dev/pool": "cpu"}
+    # The GPU pool's taint toleration does not follow the job to a CPU pool.
+    assert not pod["spec"].get("tolerations")
 
 
 def test_every_worker_carries_the_jobs_annotations_unchanged() -> None:

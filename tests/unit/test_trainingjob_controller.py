@@ -11,6 +11,7 @@ from kaon.api.names import ATTEMPT_LABEL, GPU_RESOURCE, JOB_LABEL, RANK_LABEL
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
 from kaon.controllers.trainingjob import (
+    EXPECTATION_TTL_S,
     LAUNCHED_ALONE_S,
     ROLLBACK_RETRY_S,
     UNREACHABLE_RETRY_S,
@@ -31,7 +32,7 @@ from enginekit import (
 
 
 def condition(status: Obj, type_: str) -> Obj:
-    found = [c for c in status.get("conditions") or [] if c["type"] == type_]
+    found: list[Obj] = [c for c in status.get("conditions") or [] if c["type"] == type_]
     assert found, f"no {type_} condition in {status}"
     return found[0]
 
@@ -141,7 +142,7 @@ async def test_a_job_that_cannot_fit_now_waits_and_tells_only_a_new_reason(world
     await world.reconcile_job("late")
     await world.place()
     status = world.job_status("late")
-    assert status["state"] == "Waiting" and "placement" not in status or not status["placement"]
+    assert status["state"] == "Waiting" and status.get("placement") is None
     admitted = condition(status, "Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "InsufficientGPU")
     assert "0 of 4 GPUs free" in admitted["message"]
@@ -169,7 +170,10 @@ async def test_a_job_that_cannot_fit_now_waits_and_tells_only_a_new_reason(world
     ("spec", "reason"),
     [
         ({"workers": 1, "resources": {"gpus": 8}}, "NoPoolFits"),
-        ({"placement": {"clusterSelector": {"matchLabels": {"region": "mars"}}}}, "NoMatchingCluster"),
+        (
+            {"placement": {"clusterSelector": {"matchLabels": {"region": "mars"}}}},
+            "NoMatchingCluster",
+        ),
     ],
 )
 @on_loop
@@ -526,3 +530,105 @@ async def test_a_gang_that_cannot_be_created_whole_is_rolled_back_and_waits(
     await world.reconcile_job("j1")
     await world.settle()
     assert sorted(world.pods()) == ["j1-a0-w0", "j1-a0-w1"]
+
+
+# Lagging watches and leftovers --------------------------------------------------------------
+
+
+@on_loop
+async def test_workers_created_but_not_yet_seen_count_as_pending(world: World) -> None:
+    await placed(world, "j1")
+    world.members["west"].hold_watches()  # the member's watch lags behind our creates
+    await world.reconcile_job("j1")
+    await world.reconcile_job("j1")
+    assert world.member().pods_of((NS, "j1")) == {}
+    assert pod_posts(world) == 2  # not created again, and the gang is not restarted
+    assert world.job_status("j1")["attempt"] == 0 and world.events("j1", "GangRestarted") == []
+    world.members["west"].release_watches()
+    await world.settle()
+    assert set(world.member().pods_of((NS, "j1"))) == {"j1-a0-w0", "j1-a0-w1"}
+
+
+@on_loop
+async def test_workers_never_seen_are_taken_as_lost_after_a_while(world: World) -> None:
+    await placed(world, "j1")
+    west = world.members["west"]
+    west.hold_watches()
+    await world.reconcile_job("j1")
+    for name in ("j1-a0-w0", "j1-a0-w1"):
+        west.remove(paths.pod(NS, name))  # gone before the member's watch ever showed them
+    world.clock.advance(EXPECTATION_TTL_S + 1)
+    await world.reconcile_job("j1")
+    status = world.job_status("j1")
+    assert (status["attempt"], status["infraRestarts"], status["restarts"]) == (1, 1, 0)
+    west.release_watches()
+
+
+@on_loop
+async def test_workers_of_an_older_attempt_are_removed(world: World) -> None:
+    workers = await running(world, "j1")
+    world.run_pods(workers[:1], phase="Failed")
+    await world.settle()
+    await world.reconcile_job("j1")  # restart: attempt 1
+    await world.reconcile_job("j1")
+    await world.settle()
+    leftover = dict(world.pods()["j1-a1-w0"])  # as a restarted operator might find one
+    leftover["metadata"] = {
+        "name": "j1-a0-w0",
+        "namespace": NS,
+        "labels": {**leftover["metadata"]["labels"], ATTEMPT_LABEL: "0"},
+    }
+    world.members["west"].put(leftover)
+    await world.settle()
+    await world.reconcile_job("j1")
+    await world.settle()
+    assert sorted(world.pods()) == ["j1-a1-w0", "j1-a1-w1"]
+
+
+@on_loop
+async def test_a_rendezvous_service_that_cannot_be_made_rolls_the_gang_back(world: World) -> None:
+    await placed(world, "j1")
+    refusal = ApiError(403, "Forbidden", "services is forbidden")
+    world.members["west"].fail("POST", paths.services(NS), refusal)
+    await world.reconcile_job("j1")
+    admitted = condition(world.job_status("j1"), "Admitted")
+    assert admitted["reason"] == "GangRollback"
+    assert (
+        admitted["message"]
+        == "gang rolled back: cluster west: 403 Forbidden: services is forbidden"
+    )
+    assert pod_posts(world) == 0
+
+
+@on_loop
+async def test_a_clean_up_the_member_refuses_is_tried_again(world: World) -> None:
+    await running(world, "j1")
+    world.members["west"].fail("DELETE", paths.pods(NS), ApiError(500, "InternalError", "etcd"))
+    world.delete(job_path("j1"))
+    assert await world.reconcile_job("j1") == UNREACHABLE_RETRY_S
+    assert has_finalizer(world.job("j1"))
+    await world.reconcile_job("j1")
+    assert world.job("j1") is None
+
+
+@on_loop
+async def test_a_job_suspended_while_its_member_is_unreachable_stays_placed_until_its_workers_go(
+    world: World,
+) -> None:
+    await running(world, "a")
+    await world.lose("west")
+    world.edit(job_path("a"), {"spec": {"runPolicy": {"suspend": True}}})
+    assert await world.reconcile_job("a") == UNREACHABLE_RETRY_S
+    status = world.job_status("a")
+    assert status["state"] == "Running" and status["placement"]["cluster"] == "west"
+    assert world.events("a", "Suspended") == []  # its workers may still run: the pool is held
+
+    await world.regain("west")
+    await world.reconcile_job("a")
+    assert world.job_status("a")["state"] == "Suspended"
+    await world.settle()
+    assert world.pods(selector=f"{JOB_LABEL}=a") == {}
+    world.apply(trainingjob("b"))
+    await world.reconcile_job("b")
+    await world.place()
+    assert world.job_status("b")["state"] == "Admitted"  # the pool is free again

@@ -45,7 +45,7 @@ RESYNC_S = 3.0  # load reports, capacity and member health are looked at this of
 RETRY_S = 2.0
 
 
-@dataclass
+@dataclass(slots=True)
 class ServiceMemory:
     """What the operator remembers of one service between reconciles."""
 
@@ -386,7 +386,16 @@ class InferenceServiceController(Reconciler):
         if FINALIZER not in (body["metadata"].get("finalizers") or []):
             return None
         applied = self.memory.of(key).applied
-        for cluster in list(self.fleet.clusters):
+        # Where it may run: status (survives a restart), what this process applied, and any
+        # member showing its replicas. A registered cluster it never ran on cannot hold it up.
+        status = InferenceServiceStatus.model_validate(body.get("status") or {})
+        clusters = {c.cluster for c in status.clusters} | self.ops.applied_in(applied)
+        clusters |= {
+            name
+            for name, reg in self.fleet.clusters.items()
+            if reg.member is not None and reg.member.replicas_of(key)
+        }
+        for cluster in sorted(clusters):
             if not await self.ops.remove_all(key, cluster, applied):
                 log.info("service %s/%s: cluster %s unreachable, clean-up retried", *key, cluster)
                 return RETRY_S

@@ -54,7 +54,7 @@ LAUNCHED_ALONE_S = 10.0  # `launched` waits this long for a write to ride along 
 PLACEMENT_WRITES = 32  # status writes of one placement pass in flight at once
 
 
-@dataclass
+@dataclass(slots=True)
 class JobMemory:
     """What the operator remembers of one job between reconciles (lost on restart, rebuilt
     from status and the members' pods)."""
@@ -142,8 +142,11 @@ class TrainingJobController(Reconciler):
             return await self._finished(body, spec, status)
         step = suspend_step(spec.run_policy.suspend, status.state)
         if step == "suspend":
-            if status.placement is not None:
-                await self.workers.remove_all(key, status.placement.cluster)
+            cluster = status.placement.cluster if status.placement else None
+            if cluster and not await self.workers.remove_all(key, cluster):
+                # Not Suspended (placement kept, pool held) until its workers are gone.
+                log.info("job %s/%s: cluster %s unreachable, suspend retried", *key, cluster)
+                return UNREACHABLE_RETRY_S
             if status.state != "Suspended":
                 await self._patch(body, transitions.suspended(status, gen, self.now()))
                 await self.event(body, "Normal", "Suspended", "workers removed, pool freed")
