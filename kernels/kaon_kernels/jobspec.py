@@ -1,8 +1,9 @@
 """The parts of a TrainingJob spec the runtime reads, parsed with the shared config models.
 
 Importable without torch. Unknown top-level keys (resources, placement, runPolicy, ...) belong to
-the control plane and are ignored; `model`, `data` and `training` are validated strictly, so a bad
-field is reported by its path (`training.batchSize: ...`).
+the control plane and are ignored; `model`, `data` and `training` are validated strictly (their
+CEL rules included, as the API server checks them), so a bad field is reported by its path
+(`training.batchSize: ...`).
 """
 
 from __future__ import annotations
@@ -61,20 +62,6 @@ def _describe(err: ValidationError) -> str:
     return f"{path}: {first['msg']}{more}"
 
 
-def _check_consistency(spec: RuntimeSpec) -> None:
-    """The CRD's CEL rules, repeated for specs that did not come through the API server."""
-    m = spec.model
-    if m.cnn is not None and m.family != "cnn":
-        raise SpecError("model.cnn: cnn settings are given but family is not cnn")
-    if m.rnn is not None and m.family != "rnn":
-        raise SpecError("model.rnn: rnn settings are given but family is not rnn")
-    cnn = m.cnn_or_default()
-    if cnn.kernel_sizes is not None and len(cnn.kernel_sizes) != len(cnn.channels):
-        raise SpecError("model.cnn.kernelSizes: give one size per conv block (as many as channels)")
-    if spec.data.source == "file" and not spec.data.path:
-        raise SpecError("data.path: required when source is file")
-
-
 def parse_spec(raw: Any) -> RuntimeSpec:
     """A spec dict, or a whole TrainingJob manifest (its `spec` is read), as a RuntimeSpec."""
     if isinstance(raw, dict) and "spec" in raw and "model" not in raw:
@@ -85,7 +72,6 @@ def parse_spec(raw: Any) -> RuntimeSpec:
         spec = RuntimeSpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_describe(err)) from None
-    _check_consistency(spec)
     return spec
 
 

@@ -62,10 +62,8 @@ def start(config: RigConfig, config_path: Path | None) -> list[str]:
     return started
 
 
-def stop_all() -> None:
-    """SIGTERM every agent (it kills its pods' processes), SIGKILL what is left."""
-    root = paths.rig_dir() / "agents"
-    nodes = [d.name for d in root.iterdir()] if root.is_dir() else []
+def stop(nodes: list[str]) -> None:
+    """SIGTERM these nodes' agents (each kills its pods' processes), SIGKILL what is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for node in nodes:
             pid = _pid(node)
@@ -73,3 +71,8 @@ def stop_all() -> None:
                 with contextlib.suppress(OSError):
                     os.kill(pid, sig)
         time.sleep(0.5 if sig == signal.SIGTERM else 0)
+
+
+def stop_all() -> None:
+    root = paths.rig_dir() / "agents"
+    stop([d.name for d in root.iterdir()] if root.is_dir() else [])

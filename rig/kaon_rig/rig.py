@@ -263,6 +263,9 @@ def up(config: RigConfig, config_path: Path | None = None) -> dict[str, str]:
     with ThreadPoolExecutor(max_workers=len(config.clusters)) as pool:
         list(pool.map(sync_nodes, config.clusters))
     _register_member_secrets(config)
+    # An agent of a cluster created anew still talks to the API server that was deleted.
+    created = {name for name, action in actions.items() if action == "created"}
+    agents.stop([node for cluster, node in agents.agent_nodes(config) if cluster in created])
     for node in agents.start(config, config_path):
         _log(f"process agent for node {node} started, log {paths.agent_dir(node) / 'agent.log'}")
     _wait_agent_nodes(config)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field, StrictInt
 
-from kaon_kernels.config import Spec, cel
+from kaon.api.resources import parse
+from kaon_kernels.config import Rule, Spec, rule
 
 GROUP = "kaon.dev"
 VERSION = "v1alpha1"
@@ -18,12 +19,30 @@ _NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
 QUANTITY_PATTERN = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
-Quantity = Annotated[
-    int | str,
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
-]
+# A quantity as a user writes it: 4, "500m", "2Gi". Long enough for any sensible amount, short
+# enough that the API server's cost estimate of the CEL rules on it stays small.
+QuantityText = Annotated[str, Field(max_length=32, pattern=QUANTITY_PATTERN)]
+
+
+def quantity_between(least: str, most: str, name: str) -> Rule:
+    """The range of a quantity field (an integer or a quantity string), with both ends: the API
+    server compares with its quantity library, Python with `kaon.api.resources.parse`."""
+    value = "quantity(string(self))"
+    return Rule(
+        f"!isQuantity(string(self)) || ({value}.compareTo(quantity('{least}')) >= 0 && "
+        f"{value}.compareTo(quantity('{most}')) <= 0)",
+        f"{name} must be between {least} and {most}",
+        lambda amount: parse(least) <= parse(amount) <= parse(most),
+    )
+
+
+# Per pod. Below 1m the API server rounds up anyway; below 1Mi memory is a unit slip (2 for 2Gi).
+CPU = Annotated[StrictInt | QuantityText, quantity_between("1m", "1024", "cpu")]
+Memory = Annotated[StrictInt | QuantityText, quantity_between("1Mi", "64Ti", "memory")]
 DNSLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]
 ShortString = Annotated[str, Field(max_length=253)]
+YEAR_S = 365 * 24 * 3600
+MAX_LABELS = 64
 
 
 def now_rfc3339() -> str:
@@ -79,7 +98,9 @@ class LabelSelector(Spec):
     """Labels an object must carry: matchLabels and matchExpressions, all ANDed."""
 
     match_labels: dict[str, ShortString] = Field(
-        default_factory=dict, description="Labels that must be present with these values."
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        description="Labels that must be present with these values.",
     )
     match_expressions: list[LabelSelectorRequirement] = Field(
         default_factory=list, max_length=16, description="Set-based requirements."
@@ -104,18 +125,6 @@ class LabelSelector(Spec):
 class Toleration(Spec):
     """A toleration the pool's pods carry (core/v1 Toleration)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.operator) || self.operator != 'Exists' || !has(self.value)",
-                    "value must be empty when operator is Exists",
-                    ".value",
-                )
-            ]
-        }
-    )
-
     key: ShortString | None = Field(default=None, description="Taint key; empty matches all.")
     operator: Literal["Equal", "Exists"] | None = Field(
         default=None, description="Equal (default) or Exists."
@@ -125,8 +134,19 @@ class Toleration(Spec):
         default=None, description="Taint effect to tolerate; empty matches all."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="How long a NoExecute taint is tolerated."
+        default=None,
+        ge=0,
+        le=YEAR_S,
+        description="How long a NoExecute taint is tolerated (at most a year).",
     )
+
+    @rule(
+        "!has(self.operator) || self.operator != 'Exists' || !has(self.value)",
+        "value must be empty when operator is Exists",
+        ".value",
+    )
+    def _no_value_with_exists(self) -> bool:
+        return self.operator != "Exists" or self.value is None
 
     def to_k8s(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from kaon.api.common import (
+    MAX_LABELS,
     Condition,
     DNSLabel,
     ShortString,
     Toleration,
     conditions_field,
 )
-from kaon_kernels.config import Spec, cel
+from kaon_kernels.config import Spec, rule
+
+# Of one node-hour, in whatever currency the pools share: only the order matters to kaon.
+MAX_COST_PER_HOUR = 1_000_000.0
 
 
 class SecretKeyRef(Spec):
@@ -39,6 +43,7 @@ class PoolSpec(Spec):
     name: DNSLabel = Field(description="Pool name, unique within the cluster.")
     node_selector: dict[str, ShortString] = Field(
         min_length=1,
+        max_length=MAX_LABELS,
         description="Labels that select the pool's nodes; also set on the pods placed there.",
     )
     tolerations: list[Toleration] = Field(
@@ -50,29 +55,15 @@ class PoolSpec(Spec):
         default=None, description="Accelerators of the pool's nodes; absent for a CPU pool."
     )
     cost_per_hour: float = Field(
-        default=0.0, ge=0.0, description="Cost of one node-hour; the tie-break between pools."
+        default=0.0,
+        ge=0.0,
+        le=MAX_COST_PER_HOUR,
+        description="Cost of one node-hour (0 to 1e6); the tie-break between pools.",
     )
 
 
 class ComputeClusterSpec(Spec):
     """How to reach a member cluster and which node pools it offers."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.hub != has(self.kubeconfigSecretRef)",
-                    "set exactly one of hub (this is the hub cluster) and kubeconfigSecretRef",
-                    ".kubeconfigSecretRef",
-                ),
-                cel(
-                    "self.pools.all(p, self.pools.exists_one(q, q.name == p.name))",
-                    "pool names must be unique",
-                    ".pools",
-                ),
-            ]
-        }
-    )
 
     hub: bool = Field(default=False, description="The member is the hub cluster itself.")
     kubeconfig_secret_ref: SecretKeyRef | None = Field(
@@ -84,6 +75,22 @@ class ComputeClusterSpec(Spec):
     suspend: bool = Field(
         default=False, description="No new workloads are placed here while true (cordon)."
     )
+
+    @rule(
+        "self.hub != has(self.kubeconfigSecretRef)",
+        "set exactly one of hub (this is the hub cluster) and kubeconfigSecretRef",
+        ".kubeconfigSecretRef",
+    )
+    def _hub_or_secret(self) -> bool:
+        return self.hub != (self.kubeconfig_secret_ref is not None)
+
+    @rule(
+        "self.pools.all(p, self.pools.exists_one(q, q.name == p.name))",
+        "pool names must be unique",
+        ".pools",
+    )
+    def _unique_pool_names(self) -> bool:
+        return len({p.name for p in self.pools}) == len(self.pools)
 
 
 class ResourceAmounts(Spec):

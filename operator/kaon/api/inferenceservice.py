@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 from pydantic.config import JsonDict
 
 from kaon.api.common import (
@@ -15,7 +15,7 @@ from kaon.api.common import (
     conditions_field,
 )
 from kaon.api.trainingjob import PoolPreference, WorkerResources
-from kaon_kernels.config import Spec, cel
+from kaon_kernels.config import Spec, rule
 
 DEFAULT_OBJECT: JsonDict = {"default": {}}
 PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?$"
@@ -30,18 +30,6 @@ class TrainingJobRef(Spec):
 class ModelSource(Spec):
     """Where the model artifact comes from: exactly one of trainingJobRef and uri."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.trainingJobRef) != has(self.uri)",
-                    "set exactly one of trainingJobRef and uri",
-                    ".uri",
-                )
-            ]
-        }
-    )
-
     training_job_ref: TrainingJobRef | None = Field(
         default=None,
         description="Serve what this TrainingJob saved; it must have succeeded with "
@@ -53,20 +41,24 @@ class ModelSource(Spec):
         "PersistentVolumeClaim, mounted read-only by each replica.",
     )
 
+    @rule(
+        "has(self.trainingJobRef) != has(self.uri)",
+        "set exactly one of trainingJobRef and uri",
+        ".uri",
+    )
+    def _exactly_one_source(self) -> bool:
+        return (self.training_job_ref is None) != (self.uri is None)
+
 
 class Replicas(Spec):
     """How many server replicas run, in all clusters together."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel("self.min <= self.max", "min must not exceed max", ".min")
-            ]
-        }
-    )
-
     min: int = Field(default=1, ge=1, le=256, description="Fewest replicas, also when idle.")
     max: int = Field(default=1, ge=1, le=256, description="Most replicas under load.")
+
+    @rule("self.min <= self.max", "min must not exceed max", ".min")
+    def _min_within_max(self) -> bool:
+        return self.min <= self.max
 
 
 class Autoscaling(Spec):

@@ -42,7 +42,14 @@ def _collapse_any_of(node: Schema, defs: dict[str, Schema]) -> Schema:
         return {**_resolve(options[0], defs), **rest}
     types = {o.get("type") for o in options}
     if types == {"integer", "string"}:
+        # The string form's constraints (a quantity's pattern, maxLength) apply to strings only,
+        # beside x-kubernetes-int-or-string as much as inside an anyOf.
+        rules = rest.pop("x-kubernetes-validations", None)
+        for option in options:
+            rest.update({k: v for k, v in option.items() if k not in ("type", "title")})
         rest["x-kubernetes-int-or-string"] = True
+        if rules:
+            rest["x-kubernetes-validations"] = rules
         return rest
     raise SchemaError(f"cannot express a union of {sorted(map(str, types))} structurally")
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 from pydantic.config import JsonDict
 
 from kaon.api.common import (
+    CPU,
+    YEAR_S,
     Condition,
     DNSLabel,
     LabelSelector,
-    Quantity,
+    Memory,
     ShortString,
     conditions_field,
 )
-from kaon_kernels.config import DataConfig, ModelConfig, Spec, TrainingConfig, cel
+from kaon_kernels.config import DataConfig, ModelConfig, Spec, TrainingConfig, cel, rule
 
 DEFAULT_OBJECT: JsonDict = {"default": {}}
 
@@ -23,37 +25,21 @@ DEFAULT_OBJECT: JsonDict = {"default": {}}
 class WorkerResources(Spec):
     """What each pod needs: a TrainingJob's worker, an InferenceService's replica."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel("!has(self.gpuType) || self.gpus > 0", "gpuType requires gpus > 0", ".gpuType")
-            ]
-        }
-    )
-
-    cpu: Quantity = Field(default="1", description="CPU per pod (cores or millicores).")
-    memory: Quantity = Field(default="2Gi", description="Memory per pod.")
+    cpu: CPU = Field(default="1", description="CPU per pod (cores or millicores), 1m to 1024.")
+    memory: Memory = Field(default="2Gi", description="Memory per pod, 1Mi to 64Ti.")
     gpus: int = Field(default=0, ge=0, le=64, description="nvidia.com/gpu per pod on GPU pools.")
     gpu_type: DNSLabel | None = Field(
         default=None,
         description="Accelerator type wanted (e.g. nvidia-a100) when no pool preference says.",
     )
 
+    @rule("!has(self.gpuType) || self.gpus > 0", "gpuType requires gpus > 0", ".gpuType")
+    def _gpu_type_needs_gpus(self) -> bool:
+        return self.gpu_type is None or self.gpus > 0
+
 
 class PoolPreference(Spec):
     """One entry of an ordered list of pools to try: a kind, narrowed by accelerator or name."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.type == 'gpu' || !has(self.accelerator)",
-                    "accelerator applies to gpu pools only",
-                    ".accelerator",
-                )
-            ]
-        }
-    )
 
     type: Literal["gpu", "cpu"] = Field(
         description="gpu: pools with accelerators (workers get resources.gpus each); "
@@ -63,6 +49,14 @@ class PoolPreference(Spec):
         default=None, description="Only GPU pools of this accelerator type."
     )
     pool: DNSLabel | None = Field(default=None, description="Only pools of this name.")
+
+    @rule(
+        "self.type == 'gpu' || !has(self.accelerator)",
+        "accelerator applies to gpu pools only",
+        ".accelerator",
+    )
+    def _accelerator_for_gpu_pools(self) -> bool:
+        return self.type == "gpu" or self.accelerator is None
 
 
 class Placement(Spec):
@@ -105,10 +99,16 @@ class RunPolicy(Spec):
         "Infrastructure failures (node lost, evicted, preempted) are not counted.",
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="The job fails once it has been admitted this long."
+        default=None,
+        ge=1,
+        le=YEAR_S,
+        description="The job fails once it has been admitted this long (at most a year).",
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="The job is deleted this long after it finished."
+        default=None,
+        ge=0,
+        le=YEAR_S,
+        description="The job is deleted this long after it finished (at most a year).",
     )
     suspend: bool = Field(
         default=False, description="Suspended jobs have no pods; resuming places them again."
