@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from kaon.api.crd import RESOURCES
+
 Kind = Literal["TrainingJob", "InferenceService", "ComputeCluster"]
 
 JOB: dict[str, Any] = {"model": {"family": "cnn"}}
@@ -26,6 +30,24 @@ class Case:
     @property
     def id(self) -> str:
         return f"{self.kind}: {self.name}"
+
+
+def api_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the API server writes a field: spec.pools[0].name."""
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def refusals(kind: Kind, spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) of each error pydantic finds in `spec` of a `kind`; [] when valid."""
+    model = next(r.spec for r in RESOURCES if r.kind == kind)
+    try:
+        model.model_validate(spec)
+    except ValidationError as err:
+        return [(api_path(e["loc"]), e["msg"]) for e in err.errors()]
+    return []
 
 
 def pool(**fields: Any) -> dict[str, Any]:
@@ -87,28 +109,97 @@ RULE_CASES = [
         "spec.placement.poolPreferences[0].accelerator",
         "accelerator applies to gpu pools only",
     ),
-    Case("negative cpu", "TrainingJob", JOB | {"resources": {"cpu": -7}}, "spec.resources.cpu",
-         CPU_RANGE),
-    Case("negative cpu text", "TrainingJob", JOB | {"resources": {"cpu": "-500m"}},
-         "spec.resources.cpu", CPU_RANGE),
-    Case("zero cpu", "TrainingJob", JOB | {"resources": {"cpu": "0"}}, "spec.resources.cpu",
-         CPU_RANGE),
-    Case("cpu under a millicore", "TrainingJob", JOB | {"resources": {"cpu": "100u"}},
-         "spec.resources.cpu", CPU_RANGE),
-    Case("absurd cpu", "TrainingJob", JOB | {"resources": {"cpu": "1e30"}},
-         "spec.resources.cpu", CPU_RANGE),
-    Case("negative memory", "TrainingJob", JOB | {"resources": {"memory": "-2Gi"}},
-         "spec.resources.memory", MEMORY_RANGE),
-    Case("zero memory", "TrainingJob", JOB | {"resources": {"memory": "0"}},
-         "spec.resources.memory", MEMORY_RANGE),
-    Case("memory of two bytes", "TrainingJob", JOB | {"resources": {"memory": 2}},
-         "spec.resources.memory", MEMORY_RANGE),
-    Case("absurd memory", "TrainingJob", JOB | {"resources": {"memory": "99999999Ei"}},
-         "spec.resources.memory", MEMORY_RANGE),
-    Case("negative replica cpu", "InferenceService", SERVE | {"resources": {"cpu": -7}},
-         "spec.resources.cpu", CPU_RANGE),
-    Case("negative replica memory", "InferenceService", SERVE | {"resources": {"memory": "-2Gi"}},
-         "spec.resources.memory", MEMORY_RANGE),
+    Case(
+        "negative cpu",
+        "TrainingJob",
+        JOB | {"resources": {"cpu": -7}},
+        "spec.resources.cpu",
+        CPU_RANGE,
+    ),
+    Case(
+        "negative cpu text",
+        "TrainingJob",
+        JOB | {"resources": {"cpu": "-500m"}},
+        "spec.resources.cpu",
+        CPU_RANGE,
+    ),
+    Case(
+        "zero cpu",
+        "TrainingJob",
+        JOB | {"resources": {"cpu": "0"}},
+        "spec.resources.cpu",
+        CPU_RANGE,
+    ),
+    Case(
+        "cpu under a millicore",
+        "TrainingJob",
+        JOB | {"resources": {"cpu": "100u"}},
+        "spec.resources.cpu",
+        CPU_RANGE,
+    ),
+    Case(
+        "absurd cpu",
+        "TrainingJob",
+        JOB | {"resources": {"cpu": "1e30"}},
+        "spec.resources.cpu",
+        CPU_RANGE,
+    ),
+    Case(
+        "negative memory",
+        "TrainingJob",
+        JOB | {"resources": {"memory": "-2Gi"}},
+        "spec.resources.memory",
+        MEMORY_RANGE,
+    ),
+    Case(
+        "zero memory",
+        "TrainingJob",
+        JOB | {"resources": {"memory": "0"}},
+        "spec.resources.memory",
+        MEMORY_RANGE,
+    ),
+    Case(
+        "memory of two bytes",
+        "TrainingJob",
+        JOB | {"resources": {"memory": 2}},
+        "spec.resources.memory",
+        MEMORY_RANGE,
+    ),
+    Case(
+        "absurd memory",
+        "TrainingJob",
+        JOB | {"resources": {"memory": "99999999Ei"}},
+        "spec.resources.memory",
+        MEMORY_RANGE,
+    ),
+    Case(
+        "replica gpu type without gpus",
+        "InferenceService",
+        SERVE | {"resources": {"gpuType": "nvidia-t4"}},
+        "spec.resources.gpuType",
+        "gpuType requires gpus > 0",
+    ),
+    Case(
+        "replica accelerator on a cpu preference",
+        "InferenceService",
+        SERVE | {"placement": {"poolPreferences": [{"type": "cpu", "accelerator": "nvidia-t4"}]}},
+        "spec.placement.poolPreferences[0].accelerator",
+        "accelerator applies to gpu pools only",
+    ),
+    Case(
+        "negative replica cpu",
+        "InferenceService",
+        SERVE | {"resources": {"cpu": -7}},
+        "spec.resources.cpu",
+        CPU_RANGE,
+    ),
+    Case(
+        "negative replica memory",
+        "InferenceService",
+        SERVE | {"resources": {"memory": "-2Gi"}},
+        "spec.resources.memory",
+        MEMORY_RANGE,
+    ),
     Case(
         "two model sources",
         "InferenceService",
@@ -116,8 +207,13 @@ RULE_CASES = [
         "spec.model.uri",
         "set exactly one of trainingJobRef and uri",
     ),
-    Case("no model source", "InferenceService", {"model": {}}, "spec.model.uri",
-         "set exactly one of trainingJobRef and uri"),
+    Case(
+        "no model source",
+        "InferenceService",
+        {"model": {}},
+        "spec.model.uri",
+        "set exactly one of trainingJobRef and uri",
+    ),
     Case(
         "canary without a model source",
         "InferenceService",
@@ -125,8 +221,13 @@ RULE_CASES = [
         "spec.canary.model.uri",
         "set exactly one of trainingJobRef and uri",
     ),
-    Case("min above max", "InferenceService", SERVE | {"replicas": {"min": 3, "max": 2}},
-         "spec.replicas.min", "min must not exceed max"),
+    Case(
+        "min above max",
+        "InferenceService",
+        SERVE | {"replicas": {"min": 3, "max": 2}},
+        "spec.replicas.min",
+        "min must not exceed max",
+    ),
     Case(
         "neither hub nor secret",
         "ComputeCluster",
@@ -141,8 +242,13 @@ RULE_CASES = [
         "spec.kubeconfigSecretRef",
         "set exactly one of hub (this is the hub cluster) and kubeconfigSecretRef",
     ),
-    Case("duplicate pools", "ComputeCluster", CLUSTER | {"pools": [POOL, POOL]}, "spec.pools",
-         "pool names must be unique"),
+    Case(
+        "duplicate pools",
+        "ComputeCluster",
+        CLUSTER | {"pools": [POOL, POOL]},
+        "spec.pools",
+        "pool names must be unique",
+    ),
     Case(
         "toleration value with Exists",
         "ComputeCluster",
@@ -158,69 +264,197 @@ AT_LEAST = "greater than or equal to"
 AT_MOST = "less than or equal to"
 
 BOUND_CASES = [
-    Case("negative gpus", "TrainingJob", JOB | {"resources": {"gpus": -1}},
-         "spec.resources.gpus", f"{AT_LEAST} 0"),
-    Case("too many gpus", "TrainingJob", JOB | {"resources": {"gpus": 65}},
-         "spec.resources.gpus", f"{AT_MOST} 64"),
+    Case(
+        "negative gpus",
+        "TrainingJob",
+        JOB | {"resources": {"gpus": -1}},
+        "spec.resources.gpus",
+        f"{AT_LEAST} 0",
+    ),
+    Case(
+        "too many gpus",
+        "TrainingJob",
+        JOB | {"resources": {"gpus": 65}},
+        "spec.resources.gpus",
+        f"{AT_MOST} 64",
+    ),
     Case("zero workers", "TrainingJob", JOB | {"workers": 0}, "spec.workers", f"{AT_LEAST} 1"),
-    Case("too many workers", "TrainingJob", JOB | {"workers": 257}, "spec.workers",
-         f"{AT_MOST} 256"),
-    Case("zero epochs", "TrainingJob", JOB | {"training": {"epochs": 0}},
-         "spec.training.epochs", f"{AT_LEAST} 1"),
-    Case("absurd batch size", "TrainingJob", JOB | {"training": {"batchSize": 10**9}},
-         "spec.training.batchSize", f"{AT_MOST} 65536"),
-    Case("absurd learning rate", "TrainingJob", JOB | {"training": {"learningRate": 1e30}},
-         "spec.training.learningRate", f"{AT_MOST} 10"),
-    Case("dropout over 0.9", "TrainingJob",
-         {"model": {"family": "rnn", "rnn": {"dropout": 1.5}}}, "spec.model.rnn.dropout",
-         f"{AT_MOST} 0.9"),
-    Case("zero channels", "TrainingJob", {"model": {"family": "cnn", "cnn": {"channels": [0]}}},
-         "spec.model.cnn.channels[0]", f"{AT_LEAST} 1"),
-    Case("validation fraction of one", "TrainingJob",
-         JOB | {"data": {"validationFraction": 1}}, "spec.data.validationFraction", "less than 1"),
-    Case("checkpoint interval zero", "TrainingJob", JOB | {"checkpoint": {"intervalSteps": 0}},
-         "spec.checkpoint.intervalSteps", f"{AT_LEAST} 1"),
-    Case("negative backoff", "TrainingJob", JOB | {"runPolicy": {"backoffLimit": -1}},
-         "spec.runPolicy.backoffLimit", f"{AT_LEAST} 0"),
-    Case("zero deadline", "TrainingJob", JOB | {"runPolicy": {"activeDeadlineSeconds": 0}},
-         "spec.runPolicy.activeDeadlineSeconds", f"{AT_LEAST} 1"),
-    Case("deadline over a year", "TrainingJob",
-         JOB | {"runPolicy": {"activeDeadlineSeconds": 10**12}},
-         "spec.runPolicy.activeDeadlineSeconds", f"{AT_MOST} 31536000"),
-    Case("negative ttl", "TrainingJob", JOB | {"runPolicy": {"ttlSecondsAfterFinished": -1}},
-         "spec.runPolicy.ttlSecondsAfterFinished", f"{AT_LEAST} 0"),
-    Case("priority over 1000", "TrainingJob", JOB | {"runPolicy": {"priority": 1001}},
-         "spec.runPolicy.priority", f"{AT_MOST} 1000"),
-    Case("zero min replicas", "InferenceService", SERVE | {"replicas": {"min": 0, "max": 1}},
-         "spec.replicas.min", f"{AT_LEAST} 1"),
-    Case("too many replicas", "InferenceService", SERVE | {"replicas": {"min": 1, "max": 257}},
-         "spec.replicas.max", f"{AT_MOST} 256"),
-    Case("zero target concurrency", "InferenceService",
-         SERVE | {"autoscaling": {"targetConcurrency": 0}},
-         "spec.autoscaling.targetConcurrency", "greater than 0"),
-    Case("negative scale-down delay", "InferenceService",
-         SERVE | {"autoscaling": {"scaleDownDelaySeconds": -1}},
-         "spec.autoscaling.scaleDownDelaySeconds", f"{AT_LEAST} 0"),
-    Case("zero batch size", "InferenceService", SERVE | {"batching": {"maxBatchSize": 0}},
-         "spec.batching.maxBatchSize", f"{AT_LEAST} 1"),
-    Case("negative batch latency", "InferenceService", SERVE | {"batching": {"maxLatencyMs": -1}},
-         "spec.batching.maxLatencyMs", f"{AT_LEAST} 0"),
-    Case("spread over zero clusters", "InferenceService", SERVE | {"placement": {"clusters": 0}},
-         "spec.placement.clusters", f"{AT_LEAST} 1"),
-    Case("canary share below 0", "InferenceService",
-         SERVE | {"canary": {"model": {"uri": "pvc://models/v2"}, "trafficPercent": -1}},
-         "spec.canary.trafficPercent", f"{AT_LEAST} 0"),
-    Case("canary share over 100", "InferenceService",
-         SERVE | {"canary": {"model": {"uri": "pvc://models/v2"}, "trafficPercent": 101}},
-         "spec.canary.trafficPercent", f"{AT_MOST} 100"),
-    Case("zero accelerators per node", "ComputeCluster",
-         pool(accelerator={"type": "nvidia-t4", "countPerNode": 0}),
-         "spec.pools[0].accelerator.countPerNode", f"{AT_LEAST} 1"),
-    Case("negative cost", "ComputeCluster", pool(costPerHour=-1), "spec.pools[0].costPerHour",
-         f"{AT_LEAST} 0"),
-    Case("absurd cost", "ComputeCluster", pool(costPerHour=1e30), "spec.pools[0].costPerHour",
-         f"{AT_MOST} 1e+06"),
-    Case("negative toleration seconds", "ComputeCluster",
-         pool(tolerations=[{"key": "gpu", "effect": "NoExecute", "tolerationSeconds": -5}]),
-         "spec.pools[0].tolerations[0].tolerationSeconds", f"{AT_LEAST} 0"),
+    Case(
+        "too many workers", "TrainingJob", JOB | {"workers": 257}, "spec.workers", f"{AT_MOST} 256"
+    ),
+    Case(
+        "zero epochs",
+        "TrainingJob",
+        JOB | {"training": {"epochs": 0}},
+        "spec.training.epochs",
+        f"{AT_LEAST} 1",
+    ),
+    Case(
+        "absurd batch size",
+        "TrainingJob",
+        JOB | {"training": {"batchSize": 10**9}},
+        "spec.training.batchSize",
+        f"{AT_MOST} 65536",
+    ),
+    Case(
+        "absurd learning rate",
+        "TrainingJob",
+        JOB | {"training": {"learningRate": 1e30}},
+        "spec.training.learningRate",
+        f"{AT_MOST} 10",
+    ),
+    Case(
+        "dropout over 0.9",
+        "TrainingJob",
+        {"model": {"family": "rnn", "rnn": {"dropout": 1.5}}},
+        "spec.model.rnn.dropout",
+        f"{AT_MOST} 0.9",
+    ),
+    Case(
+        "zero channels",
+        "TrainingJob",
+        {"model": {"family": "cnn", "cnn": {"channels": [0]}}},
+        "spec.model.cnn.channels[0]",
+        f"{AT_LEAST} 1",
+    ),
+    Case(
+        "validation fraction of one",
+        "TrainingJob",
+        JOB | {"data": {"validationFraction": 1}},
+        "spec.data.validationFraction",
+        "less than 1",
+    ),
+    Case(
+        "checkpoint interval zero",
+        "TrainingJob",
+        JOB | {"checkpoint": {"intervalSteps": 0}},
+        "spec.checkpoint.intervalSteps",
+        f"{AT_LEAST} 1",
+    ),
+    Case(
+        "negative backoff",
+        "TrainingJob",
+        JOB | {"runPolicy": {"backoffLimit": -1}},
+        "spec.runPolicy.backoffLimit",
+        f"{AT_LEAST} 0",
+    ),
+    Case(
+        "zero deadline",
+        "TrainingJob",
+        JOB | {"runPolicy": {"activeDeadlineSeconds": 0}},
+        "spec.runPolicy.activeDeadlineSeconds",
+        f"{AT_LEAST} 1",
+    ),
+    Case(
+        "deadline over a year",
+        "TrainingJob",
+        JOB | {"runPolicy": {"activeDeadlineSeconds": 10**12}},
+        "spec.runPolicy.activeDeadlineSeconds",
+        f"{AT_MOST} 31536000",
+    ),
+    Case(
+        "negative ttl",
+        "TrainingJob",
+        JOB | {"runPolicy": {"ttlSecondsAfterFinished": -1}},
+        "spec.runPolicy.ttlSecondsAfterFinished",
+        f"{AT_LEAST} 0",
+    ),
+    Case(
+        "priority over 1000",
+        "TrainingJob",
+        JOB | {"runPolicy": {"priority": 1001}},
+        "spec.runPolicy.priority",
+        f"{AT_MOST} 1000",
+    ),
+    Case(
+        "zero min replicas",
+        "InferenceService",
+        SERVE | {"replicas": {"min": 0, "max": 1}},
+        "spec.replicas.min",
+        f"{AT_LEAST} 1",
+    ),
+    Case(
+        "too many replicas",
+        "InferenceService",
+        SERVE | {"replicas": {"min": 1, "max": 257}},
+        "spec.replicas.max",
+        f"{AT_MOST} 256",
+    ),
+    Case(
+        "zero target concurrency",
+        "InferenceService",
+        SERVE | {"autoscaling": {"targetConcurrency": 0}},
+        "spec.autoscaling.targetConcurrency",
+        "greater than 0",
+    ),
+    Case(
+        "negative scale-down delay",
+        "InferenceService",
+        SERVE | {"autoscaling": {"scaleDownDelaySeconds": -1}},
+        "spec.autoscaling.scaleDownDelaySeconds",
+        f"{AT_LEAST} 0",
+    ),
+    Case(
+        "zero batch size",
+        "InferenceService",
+        SERVE | {"batching": {"maxBatchSize": 0}},
+        "spec.batching.maxBatchSize",
+        f"{AT_LEAST} 1",
+    ),
+    Case(
+        "negative batch latency",
+        "InferenceService",
+        SERVE | {"batching": {"maxLatencyMs": -1}},
+        "spec.batching.maxLatencyMs",
+        f"{AT_LEAST} 0",
+    ),
+    Case(
+        "spread over zero clusters",
+        "InferenceService",
+        SERVE | {"placement": {"clusters": 0}},
+        "spec.placement.clusters",
+        f"{AT_LEAST} 1",
+    ),
+    Case(
+        "canary share below 0",
+        "InferenceService",
+        SERVE | {"canary": {"model": {"uri": "pvc://models/v2"}, "trafficPercent": -1}},
+        "spec.canary.trafficPercent",
+        f"{AT_LEAST} 0",
+    ),
+    Case(
+        "canary share over 100",
+        "InferenceService",
+        SERVE | {"canary": {"model": {"uri": "pvc://models/v2"}, "trafficPercent": 101}},
+        "spec.canary.trafficPercent",
+        f"{AT_MOST} 100",
+    ),
+    Case(
+        "zero accelerators per node",
+        "ComputeCluster",
+        pool(accelerator={"type": "nvidia-t4", "countPerNode": 0}),
+        "spec.pools[0].accelerator.countPerNode",
+        f"{AT_LEAST} 1",
+    ),
+    Case(
+        "negative cost",
+        "ComputeCluster",
+        pool(costPerHour=-1),
+        "spec.pools[0].costPerHour",
+        f"{AT_LEAST} 0",
+    ),
+    Case(
+        "absurd cost",
+        "ComputeCluster",
+        pool(costPerHour=1e30),
+        "spec.pools[0].costPerHour",
+        AT_MOST,
+    ),
+    Case(
+        "negative toleration seconds",
+        "ComputeCluster",
+        pool(tolerations=[{"key": "gpu", "effect": "NoExecute", "tolerationSeconds": -5}]),
+        "spec.pools[0].tolerations[0].tolerationSeconds",
+        f"{AT_LEAST} 0",
+    ),
 ]

@@ -9,6 +9,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from apicases import BOUND_CASES, JOB, MAX_QUANTITY_LENGTH, POOL, RULE_CASES, Case
+
 from kaonrig import GROUP, VERSION, Jobs, Rig
 
 pytestmark = pytest.mark.usefixtures("kaon_crds")
@@ -236,3 +238,118 @@ def test_valid_inferenceservice_gets_the_schema_defaults(kaon_rig: Rig, namespac
     assert spec["replicas"] == {"min": 1, "max": 1}
     assert spec["batching"] == {"maxBatchSize": 32, "maxLatencyMs": 0}
     assert spec["placement"]["clusters"] == 1
+
+
+PLURALS = {
+    "TrainingJob": "trainingjobs",
+    "InferenceService": "inferenceservices",
+    "ComputeCluster": "computeclusters",
+}
+
+
+def create(rig: Rig, namespace: str, kind: str, name: str, spec: dict[str, Any]) -> Any:
+    if kind == "ComputeCluster":
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": kind,
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        return client.CustomObjectsApi(rig.api("hub")).create_cluster_custom_object(
+            GROUP, VERSION, PLURALS[kind], body
+        )
+    return Jobs(rig.api("hub"), kind, PLURALS[kind]).create(namespace, name, spec)
+
+
+def refused_with(rig: Rig, namespace: str, case: Case) -> str:
+    with pytest.raises(ApiException) as refused:
+        create(rig, namespace, case.kind, "bad", case.spec)
+    assert refused.value.status == 422, case.id
+    return refusal(refused.value)
+
+
+@pytest.mark.parametrize("case", RULE_CASES, ids=lambda c: c.id)
+def test_every_cel_rule_refuses_naming_the_field_as_pydantic_does(
+    kaon_rig: Rig, namespace: str, case: Case
+) -> None:
+    """The same examples and messages as tests/unit/test_api_rules.py, here from the API server."""
+    message = refused_with(kaon_rig, namespace, case)
+    assert f"{case.field}: Invalid value" in message and case.says in message, message
+
+
+@pytest.mark.parametrize("case", BOUND_CASES, ids=lambda c: c.id)
+def test_out_of_range_values_are_refused_naming_the_field(
+    kaon_rig: Rig, namespace: str, case: Case
+) -> None:
+    message = refused_with(kaon_rig, namespace, case)
+    assert case.field in message and case.says in message, message
+
+
+CAREFUL_USER = [
+    (
+        "a huge quantity string",
+        {"resources": {"cpu": "1" * 10_000}},
+        "spec.resources.cpu",
+        f"may not be more than {MAX_QUANTITY_LENGTH} bytes",
+    ),
+    (
+        "a quantity of the wrong type",
+        {"resources": {"memory": True}},
+        "spec.resources.memory",
+        "must be of type integer,string",
+    ),
+    ("workers as text", {"workers": "3"}, "spec.workers", "must be of type integer"),
+    (
+        "fractional gpus",
+        {"resources": {"gpus": 1.5}},
+        "spec.resources.gpus",
+        "must be of type integer",
+    ),
+    ("an absurd integer", {"workers": 10**30}, "spec.workers", "must be of type integer"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "spec", "field", "says"), CAREFUL_USER, ids=[c[0] for c in CAREFUL_USER]
+)
+def test_wrong_types_and_huge_values_are_refused_naming_the_field(
+    kaon_rig: Rig, namespace: str, case: str, spec: dict[str, Any], field: str, says: str
+) -> None:
+    message = refused_with(kaon_rig, namespace, Case(case, "TrainingJob", JOB | spec, field, says))
+    assert field in message and says in message, message
+
+
+@pytest.mark.parametrize(
+    ("cpu", "memory"), [("1m", "1Mi"), ("1024", "64Ti"), (1024, 1 << 20), ("0.5", "1e9")]
+)
+def test_quantities_at_the_ends_of_their_range_are_accepted(
+    kaon_rig: Rig, namespace: str, cpu: Any, memory: Any
+) -> None:
+    job = create(
+        kaon_rig,
+        namespace,
+        "TrainingJob",
+        "edge",
+        JOB | {"resources": {"cpu": cpu, "memory": memory}},
+    )
+    assert (job["spec"]["resources"]["cpu"], job["spec"]["resources"]["memory"]) == (cpu, memory)
+
+
+def test_a_pool_at_its_bounds_is_accepted(kaon_rig: Rig) -> None:
+    spec = {
+        "hub": True,
+        "pools": [
+            POOL
+            | {
+                "costPerHour": 1_000_000,
+                "accelerator": {"type": "nvidia-t4", "countPerNode": 64},
+                "tolerations": [{"key": "g", "effect": "NoExecute", "tolerationSeconds": 0}],
+            }
+        ],
+    }
+    api = client.CustomObjectsApi(kaon_rig.api("hub"))
+    created = create(kaon_rig, "", "ComputeCluster", "edge-of-range", spec)
+    try:
+        assert created["spec"]["pools"][0]["costPerHour"] == 1_000_000
+    finally:
+        api.delete_cluster_custom_object(GROUP, VERSION, "computeclusters", "edge-of-range")

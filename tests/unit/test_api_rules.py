@@ -8,32 +8,15 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from apicases import CLUSTER, JOB, RULE_CASES, SERVE, Case, Kind, refusals
 from kaon.api.crd import RESOURCES, Resource, openapi_schema
 from kaon.api.schema import model_schema
 from kaon_kernels.config import Rule, Spec, rule
 
-from apicases import CLUSTER, JOB, RULE_CASES, SERVE, Case
-
 REPO = Path(__file__).resolve().parents[2]
 BY_KIND = {r.kind: r for r in RESOURCES}
-
-
-def api_path(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as the API server writes a field: spec.pools[0].name."""
-    path = "spec"
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def refusals(kind: str, spec: dict[str, Any]) -> list[tuple[str, str]]:
-    try:
-        BY_KIND[kind].spec.model_validate(spec)
-    except ValidationError as err:
-        return [(api_path(e["loc"]), e["msg"]) for e in err.errors()]
-    return []
 
 
 def rule_messages(node: Any) -> list[str]:
@@ -63,11 +46,11 @@ def test_every_rule_in_the_schema_has_a_refused_example(resource: Resource) -> N
     ("kind", "spec"),
     [("TrainingJob", JOB), ("InferenceService", SERVE), ("ComputeCluster", CLUSTER)],
 )
-def test_the_smallest_specs_pass_every_rule(kind: str, spec: dict[str, Any]) -> None:
+def test_the_smallest_specs_pass_every_rule(kind: Kind, spec: dict[str, Any]) -> None:
     assert refusals(kind, spec) == []
 
 
-def example_specs() -> list[tuple[str, str, dict[str, Any]]]:
+def example_specs() -> list[tuple[str, Kind, dict[str, Any]]]:
     found = []
     for path in sorted((REPO / "examples").rglob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
@@ -78,14 +61,14 @@ def example_specs() -> list[tuple[str, str, dict[str, Any]]]:
 
 @pytest.mark.parametrize(("where", "kind", "spec"), example_specs())
 def test_the_examples_pass_every_rule_and_bound(
-    where: str, kind: str, spec: dict[str, Any]
+    where: str, kind: Kind, spec: dict[str, Any]
 ) -> None:
     assert refusals(kind, spec) == [], where
 
 
 class _Window(Spec):
-    low: int = 0
-    high: int = 0
+    low: int = Field(default=0, description="Low end.")
+    high: int = Field(default=0, description="High end.")
 
     @rule("self.low <= self.high", "low must not exceed high", ".low")
     def _ordered(self) -> bool:
@@ -97,12 +80,16 @@ class _Window(Spec):
 
 
 class _WideWindow(_Window):
-    width: int = 0
+    width: int = Field(default=0, description="Width.")
 
 
 def test_a_rule_declared_once_lands_in_the_schema_in_declaration_order() -> None:
     assert model_schema(_Window)["x-kubernetes-validations"] == [
-        {"rule": "self.low <= self.high", "message": "low must not exceed high", "fieldPath": ".low"},
+        {
+            "rule": "self.low <= self.high",
+            "message": "low must not exceed high",
+            "fieldPath": ".low",
+        },
         {"rule": "self.high < 100", "message": "high must stay under 100"},
     ]
     assert [r.message for r in _WideWindow.cel_rules] == [r.message for r in _Window.cel_rules]
@@ -128,7 +115,7 @@ def test_a_field_rule_checks_the_value_and_sits_on_the_fields_schema() -> None:
     even = Rule("self % 2 == 0", "must be even", lambda v: v % 2 == 0)
 
     class Even(Spec):
-        n: Annotated[int, even] = 0
+        n: Annotated[int, even] = Field(default=0, description="An even number.")
 
     assert model_schema(Even)["properties"]["n"]["x-kubernetes-validations"] == [
         {"rule": "self % 2 == 0", "message": "must be even"}

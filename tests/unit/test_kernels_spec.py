@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from apicases import RULE_CASES, Case
 from kaon_kernels.jobspec import SpecError, manifest_name, parse_spec, read_spec_text
 
 MANIFEST = """
@@ -57,6 +58,21 @@ def test_bad_specs_name_the_field(spec: dict[str, Any], field: str) -> None:
     with pytest.raises(SpecError) as err:
         parse_spec(spec)
     assert str(err.value).startswith(f"{field}:")
+
+
+RUNTIME_RULE_CASES = [
+    c
+    for c in RULE_CASES
+    if c.kind == "TrainingJob" and c.field.startswith(("spec.model.", "spec.data."))
+]
+
+
+@pytest.mark.parametrize("case", RUNTIME_RULE_CASES, ids=lambda c: c.name)
+def test_the_runtime_refuses_what_the_api_server_does_with_its_message(case: Case) -> None:
+    """The CRD's CEL rules hold for specs that never went through the API server (--spec)."""
+    with pytest.raises(SpecError) as err:
+        parse_spec(case.spec)
+    assert str(err.value) == f"{case.field.removeprefix('spec.')}: {case.says}"
 
 
 def test_unreadable_text_is_a_spec_error() -> None:
