@@ -124,10 +124,9 @@ def test_killed_worker_restarts_the_gang_which_resumes_from_its_checkpoint(
     assert status["attempt"] == 1 and status["restarts"] == 1
     # It went on from the newest checkpoint (rank 0 may have saved one more at the next
     # interval before the gang was torn down), it did not start over, and status says the
-    # step the runtime itself resumed from.
+    # step the runtime itself resumed from (older checkpoints are rotated away).
     resumed = status["progress"]["resumedFromStep"]
     assert resumed in (newest_at_kill, newest_at_kill + 20), (resumed, newest_at_kill)
-    assert (checkpoints / f"step-{resumed:09d}.pt").is_file()
     logged = re.search(r"resuming at step (\d+) of", runtime_log(namespace, "resumable-a1-w0"))
     assert logged is not None and int(logged.group(1)) == resumed
     assert status["progress"]["step"] == status["progress"]["totalSteps"]
