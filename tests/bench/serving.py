@@ -13,27 +13,42 @@ Figures (value: kaon, baseline: KServe, ratio = kaon / KServe):
 - `serving.cold_start_s`: process spawn to `/v2/health/ready` answering 200, median of 3
   (ratio < 1: kaon is ready sooner).
 
+The HTTP layer, same run: kaon's own HTTP/1.1 layer (`kaon_kernels.serve.server`/`http11`)
+against aiohttp.web in front of the very same `App`, model and batcher (aiohttp_front.py),
+driven by the same generator with V2 JSON requests and with binary-tensor requests (one digit
+each, binary output asked). Before its load points each server answers a fixed set of probes
+(health, readiness, JSON/binary/gzip infer, 400/404/405) and both must give the same status,
+Content-Type, V2 headers and body. Figures (value: own layer, baseline: aiohttp, ratio = own /
+aiohttp): `serving.http_layer.cN.{rps,p50_ms,p99_ms}` (JSON) and
+`serving.http_layer.binary.cN.{rps,p50_ms,p99_ms}`.
+
 The servers run alternately for `--rounds` rounds (2) and each figure keeps its best round, the
 one least disturbed by other load on a shared machine (as kernels.py does).
 
-Run: `.venv/bin/python tests/bench/serving.py [--duration S] [--warmup S] [--rounds N] [--quick]`.
+Run: `.venv/bin/python tests/bench/serving.py [--duration S] [--warmup S] [--rounds N] [--quick]`;
+`--http-layer-only` runs only the HTTP-layer comparison (no KServe venv needed, no cold starts;
+the first server of each round alternates), `--aiohttp-flavor application` puts a
+`web.Application` in front instead of aiohttp's low-level `web.Server`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import http.client
 import json
 import os
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +61,10 @@ HOST = "127.0.0.1"
 MODEL = "digits"
 CONCURRENCY = (1, 8, 32)
 READY_TIMEOUT_S = 120.0
+
+AIOHTTP_FRONT = Path(__file__).with_name("aiohttp_front.py")
+INFER = f"/v2/models/{MODEL}/infer"
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 Spawn = Callable[[Path, int], list[str]]
 
@@ -70,6 +89,14 @@ def kaon_command(model_dir: Path, port: int) -> list[str]:
         "--threads",
         "1",
     ]
+
+
+def aiohttp_command(flavor: str) -> Spawn:
+    def command(model_dir: Path, port: int) -> list[str]:
+        own = kaon_command(model_dir, port)
+        return [sys.executable, str(AIOHTTP_FRONT), "--flavor", flavor, *own[3:]]
+
+    return command
 
 
 def kserve_command(model_dir: Path, port: int) -> list[str]:
@@ -107,26 +134,124 @@ def train_artifact(out: Path) -> None:
     )
 
 
-def request_bodies() -> list[bytes]:
-    """V2 JSON infer requests, one digit each, for 256 of the data set's digits."""
+def digits() -> list[list[float]]:
+    """256 of the data set's digits, each 64 floats."""
     from sklearn.datasets import load_digits  # type: ignore[import-untyped]  # noqa: PLC0415
 
-    images = load_digits().images[:256]
-    path = f"/v2/models/{MODEL}/infer"
-    bodies = []
-    for image in images:
-        doc = {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": [1, 1, 8, 8],
-                    "datatype": "FP32",
-                    "data": [float(v) for v in image.reshape(-1)],
-                }
-            ]
-        }
-        bodies.append(http_request(path, json.dumps(doc).encode(), f"{HOST}"))
-    return bodies
+    return [[float(v) for v in image.reshape(-1)] for image in load_digits().images[:256]]
+
+
+def json_doc(digit: list[float]) -> bytes:
+    tensor = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": digit}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def binary_doc(digit: list[float]) -> tuple[bytes, int]:
+    """(body, JSON header length): the binary tensor extension, binary output asked."""
+    raw = struct.pack(f"<{len(digit)}f", *digit)
+    tensor = {
+        "name": "input",
+        "shape": [1, 1, 8, 8],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": len(raw)},
+    }
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    return header + raw, len(header)
+
+
+def request_bodies(images: Sequence[list[float]] | None = None) -> list[bytes]:
+    """V2 JSON infer requests, one digit each."""
+    return [http_request(INFER, json_doc(d), HOST) for d in images or digits()]
+
+
+def binary_bodies(images: Sequence[list[float]]) -> list[bytes]:
+    """V2 binary-tensor infer requests, one digit each."""
+    requests = []
+    for digit in images:
+        body, length = binary_doc(digit)
+        extra = ((HEADER_LENGTH, str(length)),)
+        requests.append(http_request(INFER, body, HOST, "application/octet-stream", extra))
+    return requests
+
+
+@dataclass(frozen=True)
+class Probe:
+    method: str
+    path: str
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def probes(digit: list[float]) -> list[Probe]:
+    """Requests both HTTP layers must answer alike: the V2 routes the bench uses, and refusals."""
+    json_body = json_doc(digit)
+    binary, length = binary_doc(digit)
+    as_json = (("Content-Type", "application/json"),)
+    return [
+        Probe("GET", "/v2/health/live"),
+        Probe("GET", "/v2/health/ready"),
+        Probe("GET", f"/v2/models/{MODEL}/ready"),
+        Probe("GET", f"/v2/models/{MODEL}"),
+        Probe("POST", INFER, json_body, as_json),
+        Probe("POST", INFER + "?trace=1", json_body, as_json),
+        Probe(
+            "POST",
+            INFER,
+            binary,
+            (("Content-Type", "application/octet-stream"), (HEADER_LENGTH, str(length))),
+        ),
+        Probe("POST", INFER, gzip.compress(json_body), (*as_json, ("Content-Encoding", "gzip"))),
+        Probe("POST", INFER, b'{"inputs": [', as_json),
+        Probe("POST", INFER, json_body, (*as_json, (HEADER_LENGTH, "x"))),
+        Probe("POST", INFER, json_body, (*as_json, ("Content-Encoding", "br"))),
+        Probe("GET", INFER),
+        Probe("GET", "/v2/models/other/ready"),
+        Probe("GET", "/nowhere"),
+    ]
+
+
+Answered = tuple[int, str | None, str | None, str | None, bytes]
+
+
+def ask(port: int, probe: Probe) -> Answered:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10.0)
+    try:
+        conn.request(probe.method, probe.path, probe.body or None, dict(probe.headers))
+        resp = conn.getresponse()
+        body = resp.read()
+        ctype, length, allow = (resp.getheader(n) for n in ("Content-Type", HEADER_LENGTH, "Allow"))
+        return resp.status, ctype, length, allow, without_id(body, length)
+    finally:
+        conn.close()
+
+
+def without_id(body: bytes, header_length: str | None) -> bytes:
+    """The answer with its server-made request id blanked (a per-process prefix and count)."""
+    split = int(header_length) if header_length else len(body)
+    try:
+        doc = json.loads(body[:split])
+    except ValueError:
+        return body
+    if isinstance(doc, dict) and "id" in doc:
+        doc["id"] = "-"
+    return json.dumps(doc, sort_keys=True).encode() + body[split:]
+
+
+class SameAnswers:
+    """Checks that every server answers the probes as the first one checked did."""
+
+    def __init__(self, requests: list[Probe]) -> None:
+        self.requests = requests
+        self.reference: list[Answered] | None = None
+
+    def __call__(self, port: int) -> None:
+        answers = [ask(port, probe) for probe in self.requests]
+        if self.reference is None:
+            self.reference = answers
+            return
+        for probe, want, got in zip(self.requests, self.reference, answers, strict=True):
+            if want != got:
+                raise RuntimeError(f"{probe.method} {probe.path}: {got!r}, expected {want!r}")
 
 
 def ready(port: int) -> bool:
@@ -166,30 +291,43 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+Loads = dict[str, list[bytes]]  # figure prefix ("" or "binary.") -> the requests to cycle
+
+
 def measure(
-    command: Spawn, model_dir: Path, bodies: list[bytes], warmup_s: float, duration_s: float
+    command: Spawn,
+    model_dir: Path,
+    loads: Loads,
+    warmup_s: float,
+    duration_s: float,
+    cold_starts: int = 3,
+    check: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """One round: three cold starts (the last one then serves the load points)."""
+    """One round: `cold_starts` starts (the last one then serves the load points)."""
     colds = []
-    for _ in range(2):
+    for _ in range(cold_starts - 1):
         proc, _port, cold = start(command, model_dir)
         colds.append(cold)
         stop(proc)
     proc, port, cold = start(command, model_dir)
     colds.append(cold)
     figures = {"cold_start_s": statistics.median(colds)}
-    print(f"  cold start {figures['cold_start_s']:.2f} s (median of 3)", flush=True)
+    print(f"  cold start {figures['cold_start_s']:.2f} s (median of {len(colds)})", flush=True)
     try:
-        for users in CONCURRENCY:
-            tally = asyncio.run(closed_loop(HOST, port, bodies, users, warmup_s, duration_s))
-            if tally.errors:
-                raise RuntimeError(f"{tally.errors} failed answers, first: {tally.first_error}")
-            lat = sorted(tally.latencies)
-            figures[f"c{users}.rps"] = len(lat) / duration_s
-            figures[f"c{users}.p50_ms"] = percentile(lat, 0.50) * 1000
-            figures[f"c{users}.p99_ms"] = percentile(lat, 0.99) * 1000
-            rps, p50, p99 = (figures[f"c{users}.{k}"] for k in ("rps", "p50_ms", "p99_ms"))
-            print(f"  c{users}: {rps:.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
+        if check is not None:
+            check(port)
+        for prefix, bodies in loads.items():
+            for users in CONCURRENCY:
+                tally = asyncio.run(closed_loop(HOST, port, bodies, users, warmup_s, duration_s))
+                if tally.errors:
+                    raise RuntimeError(f"{tally.errors} failed answers, first: {tally.first_error}")
+                lat = sorted(tally.latencies)
+                key = f"{prefix}c{users}"
+                figures[f"{key}.rps"] = len(lat) / duration_s
+                figures[f"{key}.p50_ms"] = percentile(lat, 0.50) * 1000
+                figures[f"{key}.p99_ms"] = percentile(lat, 0.99) * 1000
+                rps, p50, p99 = (figures[f"{key}.{k}"] for k in ("rps", "p50_ms", "p99_ms"))
+                print(f"  {key}: {rps:.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
     finally:
         stop(proc)
     return figures
@@ -200,33 +338,78 @@ def best(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {key: (max if key.endswith("rps") else min)(r[key] for r in rounds) for key in rounds[0]}
 
 
+UNITS = {"rps": "req/s", "p50_ms": "ms", "p99_ms": "ms", "cold_start_s": "s"}
+
+
+def compare(
+    prefix: str, ours: dict[str, float], base: dict[str, float], keys: list[str]
+) -> dict[str, dict[str, Any]]:
+    entries: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        name = f"{prefix}.{key}"
+        entries[name] = record(name, ours[key], UNITS[key.rsplit(".", 1)[-1]], base[key])
+    return entries
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per point")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per server, alternating")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s points")
+    parser.add_argument(
+        "--http-layer-only", action="store_true", help="only own HTTP layer vs aiohttp.web"
+    )
+    parser.add_argument(
+        "--aiohttp-flavor",
+        choices=("server", "application"),
+        default="server",
+        help="aiohttp's low-level web.Server (default) or a web.Application",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
-    if not KSERVE_PY.is_file():
+    if not args.http_layer_only and not KSERVE_PY.is_file():
         print(f"no KServe venv at {KSERVE_PY.relative_to(REPO)}: run `make setup`", file=sys.stderr)
         return 2
+    servers: dict[str, Spawn] = {"kaon": kaon_command}
+    if not args.http_layer_only:
+        servers["kserve"] = kserve_command
+    servers["aiohttp"] = aiohttp_command(args.aiohttp_flavor)
     with tempfile.TemporaryDirectory(prefix="kaon-serving-bench-") as tmp:
         train_artifact(Path(tmp))
         model_dir = Path(tmp) / "model"
-        bodies = request_bodies()
-        rounds: dict[str, list[dict[str, float]]] = {"kaon": [], "kserve": []}
+        images = digits()
+        json_load = {"": request_bodies(images)}
+        both_loads = {**json_load, "binary.": binary_bodies(images)}
+        same = SameAnswers(probes(images[0]))
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for i in range(args.rounds):
-            for name, command in (("kaon", kaon_command), ("kserve", kserve_command)):
+            order = list(servers)
+            if args.http_layer_only and i % 2:
+                order.reverse()  # neither layer always runs first
+            for name in order:
                 print(f"{name}, round {i + 1}:", flush=True)
-                rounds[name].append(measure(command, model_dir, bodies, args.warmup, args.duration))
-    ours, base = best(rounds["kaon"]), best(rounds["kserve"])
-    units = {"rps": "req/s", "p50_ms": "ms", "p99_ms": "ms", "cold_start_s": "s"}
+                http = name != "kserve"
+                rounds[name].append(
+                    measure(
+                        servers[name],
+                        model_dir,
+                        both_loads if http else json_load,
+                        args.warmup,
+                        args.duration,
+                        cold_starts=1 if args.http_layer_only or name == "aiohttp" else 3,
+                        check=same if http else None,
+                    )
+                )
+    ours = best(rounds["kaon"])
     entries: dict[str, dict[str, Any]] = {}
-    for key in ours:
-        name = f"serving.{key}"
-        entries[name] = record(name, ours[key], units[key.rsplit(".", 1)[-1]], base[key])
+    if not args.http_layer_only:
+        kserve = best(rounds["kserve"])
+        entries |= compare("serving", ours, kserve, list(kserve))
+    aiohttp = best(rounds["aiohttp"])
+    layer_keys = [key for key in aiohttp if key != "cold_start_s"]
+    entries |= compare("serving.http_layer", ours, aiohttp, layer_keys)
     print(table(entries))
     return 0
 
