@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from kaon.api.names import FINALIZER
+from kaon.api.names import FINALIZER, ObjectKey
 from kaon.clusters.client import KubeClient, Obj
 from kaon.engine import hubio
 from kaon.engine.cache import ObjectCache
 from kaon.engine.clock import Clock, rfc3339
+from kaon.engine.workqueue import WorkQueue
 
 
 class Reconciler:
+    queue: WorkQueue[ObjectKey]  # made by each controller, with its own reconcile and workers
+
     def __init__(self, hub: KubeClient, plural: str, kind: str, clock: Clock) -> None:
         self.hub = hub
         self.plural = plural
@@ -22,6 +25,11 @@ class Reconciler:
 
     def now(self) -> str:
         return rfc3339(self.clock)
+
+    def pods_changed(self, key: ObjectKey) -> None:
+        """A member's pods of the object changed: look at it again (if it is still known)."""
+        if key in self.cache:
+            self.queue.add(key)
 
     def saved(self, answer: Obj) -> Obj | None:
         """Our write's answer into the cache; the cached body (None if deleted meanwhile)."""

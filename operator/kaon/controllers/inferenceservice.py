@@ -98,10 +98,6 @@ class InferenceServiceController(Reconciler):
         self.cache.observed(body)
         self.queue.add(key)
 
-    def pods_changed(self, key: ObjectKey) -> None:
-        if key in self.cache:
-            self.queue.add(key)
-
     def job_changed(self, key: ObjectKey) -> None:
         """A TrainingJob changed: services serving its artifact look again."""
         for skey, body in self.cache.items():

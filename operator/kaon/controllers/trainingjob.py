@@ -103,10 +103,6 @@ class TrainingJobController(Reconciler):
             self.queue.add(key)
         self.on_change(key)
 
-    def pods_changed(self, key: ObjectKey) -> None:
-        if key in self.cache:
-            self.queue.add(key)
-
     def want_placement(self) -> None:
         self._placement_wanted.set()
 
