@@ -438,17 +438,27 @@ class AdmissionClock:
                     self.admitted.setdefault(job["metadata"]["name"], time.monotonic())
 
 
-async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dict[str, Any]:
-    hub, members = clients["hub"], {m: clients[m] for m in MEMBERS}
-    log = paths.rig_dir() / "bench-operator.log"
-    env = dict(os.environ, KUBECONFIG=str(paths.kubeconfig_path("hub")))
+def operator_command(profile: str | None, memprofile: str | None) -> list[str]:
+    """`kaon run`; under py-spy when `profile` names its output (where the time goes), under
+    tracemalloc when `memprofile` names the report (where the memory is)."""
     command = [sys.executable, "-m", "kaon.cli", "run"]
-    profile = os.environ.get("KAON_BENCH_PROFILE")  # py-spy's output file: where the time goes
+    if memprofile:
+        command = [sys.executable, str(REPO / "tests/bench/memtrace.py"), memprofile, "run"]
     if profile:
         py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
         if py_spy is None:
             raise SystemExit("KAON_BENCH_PROFILE needs py-spy: pip install py-spy")
         command = [py_spy, "record", "--format", "raw", "-o", profile, "--", *command]
+    return command
+
+
+async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dict[str, Any]:
+    hub, members = clients["hub"], {m: clients[m] for m in MEMBERS}
+    log = paths.rig_dir() / "bench-operator.log"
+    env = dict(os.environ, KUBECONFIG=str(paths.kubeconfig_path("hub")))
+    profile = os.environ.get("KAON_BENCH_PROFILE")
+    memprofile = os.environ.get("KAON_BENCH_MEMPROFILE")
+    command = operator_command(profile, memprofile)
     with log.open("w") as out:  # the operator writes to its own copy of the descriptor
         op = await asyncio.create_subprocess_exec(
             *command, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
@@ -484,6 +494,10 @@ async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dic
         await asyncio.sleep(TRIM_INTERVAL_S + 2)
         pid = operator_pid(op.pid) if profile else op.pid
         memory, peak = rss_mib(pid), rss_mib(pid, "VmHWM")
+        if memprofile:
+            op.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(20)  # the snapshot of a few hundred thousand blocks
+            progress(f"memory report: {memprofile}")
         await watcher.stop()
         return {
             "elapsed": elapsed,
@@ -509,6 +523,24 @@ async def cleanup(hub: KubeClient, members: dict[str, KubeClient]) -> None:
         await client.delete_if_present(f"{rest.namespaces()}/{NS}")
         for i in range(POOL.nodes):
             await client.delete_if_present(f"{rest.nodes()}/{POOL.node_name(member, i)}")
+
+
+async def kaon_only(n: int, workers: int) -> None:
+    """The operator's run alone (for profiling): no baselines, nothing written to results."""
+    rig.up(load_config())
+    hub = KubeClient.from_file(paths.kubeconfig_path("hub"))
+    members = {m: KubeClient.from_file(paths.kubeconfig_path(m)) for m in MEMBERS}
+    await prepare(hub, members)
+    try:
+        kaon = await with_kaon({"hub": hub, **members}, n, workers)
+    finally:
+        await cleanup(hub, members)
+        for c in (hub, *members.values()):
+            await c.close()
+    print(
+        f"kaon: {n * workers} pods in {kaon['elapsed']:.1f}s; at {2 * n} jobs "
+        f"RSS {kaon['rss']:.1f} MiB, peak {kaon['peak_rss']:.1f} MiB"
+    )
 
 
 async def main(n: int, workers: int) -> None:
@@ -567,5 +599,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("KAON_BENCH_JOBS", "500")))
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--kaon-only", action="store_true", help="skip the baselines (profiling)")
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, args.workers))
+    asyncio.run((kaon_only if args.kaon_only else main)(args.jobs, args.workers))
