@@ -250,6 +250,27 @@ RULE_CASES = [
         "pool names must be unique",
     ),
     Case(
+        "an s3 location without credentials",
+        "TrainingJob",
+        JOB | {"checkpoint": {"location": "s3://kaon/jobs"}},
+        "spec.checkpoint.secretRef",
+        "location needs secretRef",
+    ),
+    Case(
+        "an s3 location and a claim",
+        "TrainingJob",
+        JOB
+        | {
+            "checkpoint": {
+                "location": "s3://kaon/jobs",
+                "secretRef": {"name": "kaon-s3"},
+                "claimName": "state",
+            }
+        },
+        "spec.checkpoint.location",
+        "set at most one of location and claimName",
+    ),
+    Case(
         "toleration value with Exists",
         "ComputeCluster",
         pool(tolerations=[{"key": "gpu", "operator": "Exists", "value": "yes"}]),
@@ -330,6 +351,27 @@ BOUND_CASES = [
         JOB | {"checkpoint": {"intervalSteps": 0}},
         "spec.checkpoint.intervalSteps",
         f"{AT_LEAST} 1",
+    ),
+    Case(
+        "zero failover grace",
+        "TrainingJob",
+        JOB | {"runPolicy": {"failover": {"graceSeconds": 0}}},
+        "spec.runPolicy.failover.graceSeconds",
+        f"{AT_LEAST} 1",
+    ),
+    Case(
+        "an hour and more of failover grace",
+        "TrainingJob",
+        JOB | {"runPolicy": {"failover": {"graceSeconds": 3601}}},
+        "spec.runPolicy.failover.graceSeconds",
+        f"{AT_MOST} 3600",
+    ),
+    Case(
+        "a location that is not s3",
+        "TrainingJob",
+        JOB | {"checkpoint": {"location": "gs://kaon/jobs", "secretRef": {"name": "kaon-s3"}}},
+        "spec.checkpoint.location",
+        "should match pattern",
     ),
     Case(
         "negative backoff",

@@ -53,6 +53,8 @@ class Job:
     output_dir: Path
     checkpoint_dir: Path
     termination_log: Path | None
+    checkpoint_uri: str | None = None  # s3://bucket/prefix: checkpoints and model go there
+    attempt: int = 0  # KAON_ATTEMPT: the fence between attempts in a shared store
 
 
 def _describe(err: ValidationError) -> str:

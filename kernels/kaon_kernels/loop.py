@@ -16,7 +16,7 @@ import math
 import signal
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -28,7 +28,6 @@ from torch.utils.data import DistributedSampler, TensorDataset
 
 from kaon_kernels import distributed
 from kaon_kernels.artifact import save_artifact
-from kaon_kernels.checkpoint import load_latest, write_checkpoint
 from kaon_kernels.config import TrainingConfig
 from kaon_kernels.data import Split, load_data
 from kaon_kernels.distributed import World
@@ -37,6 +36,7 @@ from kaon_kernels.metrics import classification_metrics, confusion_matrix
 from kaon_kernels.models import build_model
 from kaon_kernels.podreport import PodAnnotator
 from kaon_kernels.progress import ProgressReporter, ProgressSink
+from kaon_kernels.store import store_for
 
 CHECKPOINT_FORMAT = "kaon-checkpoint/v1"
 EVAL_BATCH = 1024
@@ -84,6 +84,7 @@ class Trainer:
     world: World
     device: torch.device
     data: Split
+    env: Mapping[str, str] = field(default_factory=dict)  # the S3 store's credentials
 
     def __post_init__(self) -> None:
         cfg = self.job.spec.training
@@ -106,6 +107,9 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.step = 0
         self.saved_step = -1
+        self.store = store_for(
+            self.job.checkpoint_dir, self.job.checkpoint_uri, self.job.attempt, self.env
+        )
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -129,14 +133,14 @@ class Trainer:
         if not (self.world.is_main and self.job.spec.checkpoint.enabled):
             return
         if self.step != self.saved_step:
-            write_checkpoint(self.job.checkpoint_dir, self.step, self.checkpoint_state())
+            self.store.save(self.step, self.checkpoint_state())
             self.saved_step = self.step
 
     def resume(self) -> None:
         """Load the newest checkpoint (read by rank 0, broadcast to the others) if any."""
         if not self.job.spec.checkpoint.enabled:
             return
-        state = load_latest(self.job.checkpoint_dir) if self.world.is_main else None
+        state = self.store.latest() if self.world.is_main else None
         if self.world.distributed:
             box = [state]
             dist.broadcast_object_list(box, src=0)
@@ -258,7 +262,8 @@ class Trainer:
             self.data.std,
             self.job.name,
         )
-        report = {"metrics": metrics, "artifact": str(out.resolve()), "steps": self.step}
+        artifact = self.store.publish(out)
+        report = {"metrics": metrics, "artifact": artifact, "steps": self.step}
         write_report(self.job, report)
 
 
@@ -301,7 +306,7 @@ def _train(job: Job, env: Mapping[str, str], stop: StopFlag) -> int:
     except ValueError as err:
         raise BadInputError(f"bad data: {err}") from None
     job.output_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(job, world, device, data)
+    trainer = Trainer(job, world, device, data, env)
     distributed.init(world, device)
     try:
         trainer.resume()

@@ -2,8 +2,9 @@
 
 In a worker pod the job spec comes from `KAON_SPEC` (JSON), the gang from torchrun-style
 `WORLD_SIZE`/`RANK`/`LOCAL_RANK`/`MASTER_ADDR`/`MASTER_PORT`, and the directories from
-`KAON_CHECKPOINT_DIR` and `KAON_OUTPUT_DIR`; `KAON_DEVICE=cpu` keeps a worker off its GPU and
-`KAON_TERMINATION_LOG` moves the termination message. Outside a cluster:
+`KAON_CHECKPOINT_DIR` and `KAON_OUTPUT_DIR`, or `KAON_CHECKPOINT_URI` (s3://bucket/prefix, with
+the standard AWS_* credentials) and `KAON_ATTEMPT`; `KAON_DEVICE=cpu` keeps a worker off its GPU
+and `KAON_TERMINATION_LOG` moves the termination message. Outside a cluster:
 
     python -m kaon_kernels.train --spec job.yaml --output DIR
 
@@ -11,6 +12,7 @@ reads a TrainingJob manifest (or a bare spec, YAML or JSON) and trains in one pr
 checkpoints in DIR/checkpoints and the artifact, progress and metrics in DIR.
 
 Exit codes: 0 done; 2 bad spec, data or environment (one line on stderr naming the field);
+3 fenced off (a newer attempt of the job owns the checkpoint store: nothing was written);
 143 stopped by SIGTERM after writing a checkpoint (the next start resumes from it).
 """
 
@@ -32,6 +34,7 @@ from kaon_kernels.jobspec import (
 )
 
 EXIT_BAD_INPUT = 2
+EXIT_FENCED = 3
 EXIT_TERMINATED = 143
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
@@ -67,7 +70,14 @@ def resolve_job(args: argparse.Namespace, env: Mapping[str, str]) -> Job:
         raise SpecError("spec: pass --spec FILE or set KAON_SPEC")
     spec = parse_spec(raw)
     name = env.get("KAON_JOB_NAME") or manifest_name(raw) or "model"
-    return Job(spec, name, output, checkpoints, _termination_log(env))
+    uri = env.get("KAON_CHECKPOINT_URI") or None
+    if uri and not uri.startswith("s3://"):
+        raise SpecError(f"KAON_CHECKPOINT_URI: {uri!r} is not an s3://bucket/prefix URI")
+    try:
+        attempt = int(env.get("KAON_ATTEMPT") or 0)
+    except ValueError:
+        raise SpecError(f"KAON_ATTEMPT: {env['KAON_ATTEMPT']!r} is not a number") from None
+    return Job(spec, name, output, checkpoints, _termination_log(env), uri, attempt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,12 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     # torch is imported only once the spec is known to be good: bad specs fail fast.
     from kaon_kernels.loop import BadInputError, train  # noqa: PLC0415
+    from kaon_kernels.store import FencedOffError  # noqa: PLC0415
 
     try:
         return train(job, os.environ)
     except BadInputError as err:
         print(f"kaon: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except FencedOffError as err:
+        print(f"kaon: fenced off: {err}", file=sys.stderr)
+        return EXIT_FENCED
 
 
 if __name__ == "__main__":

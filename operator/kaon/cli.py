@@ -51,6 +51,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
+    if args.standalone:
+        os.environ["KAON_LEADER_ELECTION"] = "false"
     kopf.configure(verbose=args.verbose)
     if not args.verbose:  # one line per handled event is noise at thousands of jobs
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -119,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         "--priority",
         type=int,
         help="kopf peering priority (default with --peering: random, so replicas differ)",
+    )
+    run_p.add_argument(
+        "--standalone",
+        action="store_true",
+        help="act without leader election (by default one operator acts at a time: the one "
+        "holding the Lease kaon-operator in $KAON_NAMESPACE on the hub; the others stand by)",
     )
     run_p.add_argument("--liveness", help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
     run_p.add_argument("-v", "--verbose", action="store_true")

@@ -6,17 +6,22 @@ objects: kaon never writes spec or metadata beyond its finalizer, which GitOps t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import socket
 from typing import Any
 
 import kopf
 import yaml
 
 from kaon.api.common import GROUP, VERSION
+from kaon.api.names import LEADER_LEASE
 from kaon.api.settings import Settings
 from kaon.clusters.client import KubeClient
 from kaon.engine import metrics
+from kaon.engine.clock import SystemClock
+from kaon.engine.leader import LeaderElection
 from kaon.manager import Manager
 
 log = logging.getLogger("kaon")
@@ -36,16 +41,51 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     kubeconfig = hub_kubeconfig()
-    manager = Manager(KubeClient(kubeconfig), kubeconfig, Settings.from_env())
-    manager.start()
-    metrics.serve(manager.settings.metrics_port, manager.metrics_collector())
-    memo.manager = manager
+    config = Settings.from_env()
+    manager = Manager(KubeClient(kubeconfig), kubeconfig, config)
+    memo.manager, memo.election = manager, None
+    metrics.serve(config.metrics_port, manager.metrics_collector())
+    if not config.leader_election:
+        manager.start()
+        return
+    # A standby watches like the leader (its caches stay warm for a takeover in seconds) but
+    # acts on nothing: the manager starts only once the Lease is held.
+    identity = f"{socket.gethostname()}-{os.getpid()}"
+    memo.election = LeaderElection(
+        manager.hub, config.namespace, LEADER_LEASE, identity, SystemClock()
+    )
+    memo.leading = asyncio.create_task(_lead(memo.election, manager), name="leader-election")
+
+
+async def _lead(election: LeaderElection, manager: Manager) -> None:
+    try:
+        await election.acquire()
+        manager.start()
+        await election.keep(_lost_leadership)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("leader election failed; stopping")
+        _lost_leadership()
+
+
+def _lost_leadership() -> None:
+    """Another operator may act now: stop at once, with nothing in flight (as client-go's
+    leader election exits); the Deployment or the user starts it again as a standby."""
+    logging.shutdown()
+    os._exit(3)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    await memo.manager.stop()
-    await memo.manager.hub.close()
+    manager: Manager = memo.manager
+    leading = manager.started
+    if memo.election is not None:
+        memo.leading.cancel()
+    await manager.stop()
+    if memo.election is not None and leading:
+        await memo.election.release()  # the standby takes over now, not after the Lease lapses
+    await manager.hub.close()
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")

@@ -41,6 +41,8 @@ class Manager:
             on_capacity=self._capacity,
             on_service_pods=self._service_pods,
             connect=connect,
+            on_health=self._health,
+            monotonic=self.clock.monotonic,
         )
         self.admission = Admission(self.fleet)
         self.workers = WorkerOps(self.fleet, settings)
@@ -66,6 +68,7 @@ class Manager:
             hub, self.fleet, self.clock, self.jobs.want_placement
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
 
     def _job_pods(self, key: ObjectKey) -> None:
         self.jobs.pods_changed(key)
@@ -76,6 +79,10 @@ class Manager:
     def _capacity(self, _cluster: str) -> None:
         self.jobs.want_placement()
 
+    def _health(self, cluster: str) -> None:
+        self.clusters.health_changed(cluster)
+        self.jobs.member_health_changed(cluster)
+
     def _job_changed(self, key: ObjectKey) -> None:
         self.services.job_changed(key)
 
@@ -85,9 +92,12 @@ class Manager:
         )
 
     def start(self, trim_heap: bool = True) -> None:
+        """Act: until now the controllers only took in hub events (a standby's warm caches)."""
+        self.started = True
         self.jobs.queue.start()
         self.services.queue.start()
         loops = [
+            ("members", self.clusters.activate()),
             ("placement", self.jobs.placement_loop()),
             ("services-resync", self.services.resync_loop()),
             ("cluster-status", self.clusters.publish_loop()),

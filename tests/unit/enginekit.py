@@ -227,6 +227,7 @@ class World:
         return self.manager.services
 
     async def start(self) -> None:
+        await self.manager.clusters.activate()  # the tests drive a leader's controllers
         for name in self.specs:
             body = self.hub.peek(cluster_path(name))
             assert body is not None
@@ -247,8 +248,9 @@ class World:
         await self.stop()
 
     def is_ready(self, name: str) -> bool:
+        """Ready and swept: offered to admission."""
         member = self.manager.fleet.member(name)
-        return member is not None and member.ready
+        return member is not None and member.ready and member.swept
 
     def member(self, name: str = "west") -> Member:
         member = self.manager.fleet.member(name)
@@ -328,7 +330,7 @@ class World:
 
     async def regain(self, member: str) -> None:
         self.members[member].unreachable = False
-        await until(lambda: self.member(member).ready, f"{member} ready again")
+        await until(lambda: self.is_ready(member), f"{member} ready again")
         await self.settle()
 
     # Reading the hub ----------------------------------------------------------------------------

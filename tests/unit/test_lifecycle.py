@@ -80,6 +80,15 @@ def test_eviction_and_preemption_and_lost_pods_are_not_charged() -> None:
     assert isinstance(lost, Restart) and not lost.charged and lost.reason == "WorkerLost"
 
 
+def test_a_worker_that_checkpointed_on_sigterm_is_resumable_and_not_charged() -> None:
+    stopped = observe_pod(pod("Failed", code=143), 0)
+    assert stopped.infra and stopped.reason == "Preempted"
+    got = run(stopped, observe_pod(pod("Running"), 1))
+    assert isinstance(got, Restart) and not got.charged
+    other = observe_pod(pod("Failed", code=137), 0)  # killed, no checkpoint promised
+    assert not other.infra
+
+
 def test_deleted_running_pod_counts_as_lost() -> None:
     w = observe_pod(pod("Running", metadata={"deletionTimestamp": "2026-01-01T00:00:00Z"}), 0)
     assert w.failed and w.infra

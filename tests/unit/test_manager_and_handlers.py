@@ -3,6 +3,7 @@ events to it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import pytest
 import yaml
 
 from kaon import handlers
+from kaon.api.names import LEADER_LEASE
+from kaon.clusters import paths
 from kaon.controllers import inferenceservice as inferenceservice_controller
 from kaon.engine import metrics
 from kaon.manager import Manager
@@ -27,6 +30,9 @@ from enginekit import (
     trainingjob,
     until,
 )
+
+
+NAMESPACE_KAON = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kaon-system"}}
 
 
 def kopf_handler(fn: object) -> Any:
@@ -139,6 +145,7 @@ async def test_startup_builds_and_starts_the_manager_and_cleanup_stops_it(
     served: list[tuple[int, Any]] = []
     monkeypatch.setattr(handlers, "KubeClient", apidouble.connect)
     monkeypatch.setattr(metrics, "serve", lambda port, c: served.append((port, c)))
+    hub_kubeconfig.put(NAMESPACE_KAON)
     settings = kopf.OperatorSettings()
     memo = kopf.Memo()
     await kopf_handler(handlers.startup)(settings=settings, memo=memo)
@@ -147,8 +154,12 @@ async def test_startup_builds_and_starts_the_manager_and_cleanup_stops_it(
     assert settings.posting.level == logging.WARNING
     assert settings.watching.server_timeout == 300
     assert [port for port, _ in served] == [0]
+    await until(lambda: manager.started, "the manager started once the Lease is held")
+    lease = hub_kubeconfig.peek(paths.lease("kaon-system", LEADER_LEASE))
+    assert lease is not None and lease["spec"]["holderIdentity"]
     tasks = list(manager._tasks)
     assert {t.get_name() for t in tasks} == {
+        "members",
         "placement",
         "services-resync",
         "cluster-status",
@@ -156,3 +167,49 @@ async def test_startup_builds_and_starts_the_manager_and_cleanup_stops_it(
     }
     await kopf_handler(handlers.cleanup)(memo=memo)
     assert all(t.done() for t in tasks) and hub_kubeconfig.closed == 1
+    released = hub_kubeconfig.peek(paths.lease("kaon-system", LEADER_LEASE))
+    assert released is not None and released["spec"]["holderIdentity"] == ""
+
+
+async def started_operator(monkeypatch: pytest.MonkeyPatch) -> kopf.Memo:
+    """kopf's startup, with the hub's client on the double and no metrics server."""
+    monkeypatch.setattr(handlers, "KubeClient", apidouble.connect)
+    monkeypatch.setattr(metrics, "serve", lambda port, c: None)
+    memo = kopf.Memo()
+    await kopf_handler(handlers.startup)(settings=kopf.OperatorSettings(), memo=memo)
+    return memo
+
+
+@on_loop
+async def test_a_standby_takes_in_events_but_acts_on_nothing(
+    hub_kubeconfig: ApiDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub_kubeconfig.put(NAMESPACE_KAON)
+    hub_kubeconfig.put(
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": LEADER_LEASE, "namespace": "kaon-system"},
+            "spec": {"holderIdentity": "the-leader", "leaseDurationSeconds": 15},
+        }
+    )
+    memo = await started_operator(monkeypatch)
+    job = hub_kubeconfig.put(trainingjob("j1"))
+    await kopf_handler(handlers.trainingjob_event)(event={"type": None, "object": job}, memo=memo)
+    await asyncio.sleep(0.05)
+    manager = memo.manager
+    assert not manager.started and (NS, "j1") in manager.jobs.cache
+    assert hub_kubeconfig.writes == []  # no finalizer, no status, no placement
+    await kopf_handler(handlers.cleanup)(memo=memo)
+    lease = hub_kubeconfig.peek(paths.lease("kaon-system", LEADER_LEASE))
+    assert lease is not None and lease["spec"]["holderIdentity"] == "the-leader"
+
+
+@on_loop
+async def test_standalone_starts_at_once(
+    hub_kubeconfig: ApiDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAON_LEADER_ELECTION", "false")
+    memo = await started_operator(monkeypatch)
+    assert memo.manager.started and memo.election is None
+    await kopf_handler(handlers.cleanup)(memo=memo)

@@ -42,6 +42,9 @@ Memory = Annotated[StrictInt | QuantityText, quantity_between("1Mi", "64Ti", "me
 DNSLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]
 ShortString = Annotated[str, Field(max_length=253)]
 YEAR_S = 365 * 24 * 3600
+# An S3 bucket (3-63 characters) and an optional key prefix.
+S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$"
+S3Uri = Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)]
 MAX_LABELS = 64
 
 

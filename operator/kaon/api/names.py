@@ -26,6 +26,16 @@ MAX_REPORT_BYTES = 1024
 
 FINALIZER = "kaon.dev/cleanup"
 
+# The runtime's exit code after SIGTERM once it has saved a checkpoint (kaon_kernels.train):
+# preempted, drained or evicted, and resumable, so never charged to backoffLimit.
+RESUMABLE_EXIT_CODE = 143
+
+# The hub's heartbeat in each member: a Lease it renews every second (as kubelets renew theirs).
+HEARTBEAT_LEASE_NAMESPACE = "kube-node-lease"
+HEARTBEAT_LEASE = "kaon-hub"
+# The operator's leader election on the hub: one Lease, one acting operator.
+LEADER_LEASE = "kaon-operator"
+
 # Extended resources.
 GPU_RESOURCE = "nvidia.com/gpu"
 

@@ -18,6 +18,7 @@ class Settings:
     placement_interval_s: float = 0.5
     metrics_port: int = 8081  # Prometheus /metrics; 0: off
     failover_grace_s: float = 10.0  # a member not ready this long loses its workloads
+    leader_election: bool = True  # act only while holding the hub's Lease (LEADER_LEASE)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -31,4 +32,13 @@ class Settings:
             image_pull_policy=policy,  # type: ignore[arg-type]
             metrics_port=int(env.get("KAON_METRICS_PORT", cls.metrics_port)),
             failover_grace_s=float(env.get("KAON_FAILOVER_GRACE_SECONDS", cls.failover_grace_s)),
+            leader_election=_flag(env.get("KAON_LEADER_ELECTION", "true"), "KAON_LEADER_ELECTION"),
         )
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name}: {value!r} is not true or false")

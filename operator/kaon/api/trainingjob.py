@@ -14,6 +14,7 @@ from kaon.api.common import (
     DNSLabel,
     LabelSelector,
     Memory,
+    S3Uri,
     ShortString,
     conditions_field,
 )
@@ -75,8 +76,17 @@ class Placement(Spec):
     )
 
 
+class StoreSecretRef(Spec):
+    """A Secret in the job's namespace on the hub with the store's credentials, under the keys
+    accessKeyId and secretAccessKey, and optionally endpoint (for S3-compatible servers) and
+    region. kaon copies it to the member the gang runs on."""
+
+    name: DNSLabel = Field(description="Name of the Secret.")
+
+
 class Checkpointing(Spec):
-    """Periodic checkpoints, so a restarted gang resumes instead of starting over."""
+    """Periodic checkpoints, so a restarted gang resumes instead of starting over; in an S3
+    store, so a gang moved to another cluster does too."""
 
     enabled: bool = Field(default=True, description="Write checkpoints and resume from them.")
     interval_steps: int = Field(
@@ -86,10 +96,47 @@ class Checkpointing(Spec):
         default=None,
         description="PersistentVolumeClaim for checkpoints and artifacts; node-local when absent.",
     )
+    location: S3Uri | None = Field(
+        default=None,
+        description="s3://bucket/prefix for checkpoints and the model, readable from every "
+        "member cluster (kaon adds <namespace>/<name>/<uid>): needed to resume after failover.",
+    )
+    secret_ref: StoreSecretRef | None = Field(
+        default=None, description="Credentials of the store at location."
+    )
+
+    @rule("!has(self.location) || has(self.secretRef)", "location needs secretRef", ".secretRef")
+    def _location_needs_credentials(self) -> bool:
+        return self.location is None or self.secret_ref is not None
+
+    @rule(
+        "!has(self.location) || !has(self.claimName)",
+        "set at most one of location and claimName",
+        ".location",
+    )
+    def _one_store(self) -> bool:
+        return self.location is None or self.claim_name is None
+
+
+class Failover(Spec):
+    """What happens to the gang when its member cluster stops answering."""
+
+    mode: Literal["Auto", "Never"] = Field(
+        default="Auto",
+        description="Auto: after graceSeconds the gang is placed on another member and resumes "
+        "from its last committed checkpoint. Never: the job waits for its cluster.",
+    )
+    grace_seconds: int = Field(
+        default=15,
+        ge=1,
+        le=3600,
+        description="How long the cluster may not answer before the gang moves (1 to 3600). "
+        "Shorter blips cause no failover.",
+    )
 
 
 class RunPolicy(Spec):
-    """Restarts, deadlines, clean-up, suspension and priority."""
+    """Restarts, deadlines, clean-up, suspension, priority and failover."""
 
     backoff_limit: int = Field(
         default=3,
@@ -115,6 +162,11 @@ class RunPolicy(Spec):
     )
     priority: int = Field(
         default=0, ge=-1000, le=1000, description="Higher is placed first; FIFO among equals."
+    )
+    failover: Failover = Field(
+        default_factory=Failover,
+        description="Moving the gang when its cluster is lost.",
+        json_schema_extra=DEFAULT_OBJECT,
     )
 
 
@@ -164,7 +216,7 @@ class TrainingJobSpec(Spec):
     )
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy,
-        description="Restarts, deadlines, TTL, suspend, priority.",
+        description="Restarts, deadlines, TTL, suspend, priority, failover.",
         json_schema_extra=DEFAULT_OBJECT,
     )
 
@@ -217,13 +269,23 @@ class TrainingJobStatus(Spec):
     workers: WorkerCounts = Field(
         default_factory=WorkerCounts, description="Workers of the current attempt."
     )
-    attempt: int = Field(default=0, description="Gang attempt; pod names carry it.")
+    attempt: int = Field(
+        default=0,
+        description="Gang attempt: pod names, KAON_ATTEMPT and checkpoints carry it; only the "
+        "current attempt may commit.",
+    )
     launched: bool = Field(
         default=False, description="Every worker pod of the current attempt was created."
     )
     restarts: int = Field(default=0, description="Gang restarts charged to backoffLimit.")
     infra_restarts: int = Field(
         default=0, description="Gang restarts after node loss, eviction or preemption (free)."
+    )
+    failovers: int = Field(
+        default=0, description="Moves to another cluster after losing one (not charged)."
+    )
+    failed_over_from: ShortString | None = Field(
+        default=None, description="The lost cluster the gang is moving from, until placed again."
     )
     admitted_at: ShortString | None = Field(default=None, description="When it was admitted.")
     start_time: ShortString | None = Field(default=None, description="When all workers ran.")

@@ -31,6 +31,16 @@ def job_checkpoint_path(job: str) -> str:
     return f"jobs/{job}/checkpoints"
 
 
+def store_secret_name(job: str) -> str:
+    """The member's copy of the job's checkpoint-store credentials."""
+    return f"{job}-checkpoint-store"
+
+
+def checkpoint_uri(location: str, namespace: str, job: str, uid: str) -> str:
+    """The job's own prefix in the store: a job made again under the same name starts afresh."""
+    return f"{location.rstrip('/')}/{namespace}/{job}/{uid}"
+
+
 def artifact_uri(claim: str, job: str) -> str:
     return f"pvc://{claim}/{job_output_path(job)}"
 

@@ -21,9 +21,11 @@ from kaon.api.names import (
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import TrainingJobSpec, WorkerResources
 from kaon.builders.names import (
+    checkpoint_uri,
     job_checkpoint_path,
     job_output_path,
     service_name,
+    store_secret_name,
     worker_hostname,
     worker_pod_name,
 )
@@ -97,11 +99,54 @@ def _env(job: JobRef, spec: TrainingJobSpec, attempt: int, rank: int, s: Setting
         "KAON_TERMINATION_LOG": TERMINATION_LOG,
     }
     env: list[Obj] = [{"name": k, "value": v} for k, v in plain.items()]
+    env += _store_env(job, spec)
     env += [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     return env
+
+
+# The store's credentials as boto3 reads them, from the member's copy of the job's Secret.
+STORE_ENV = (
+    ("AWS_ACCESS_KEY_ID", "accessKeyId", False),
+    ("AWS_SECRET_ACCESS_KEY", "secretAccessKey", False),
+    ("AWS_ENDPOINT_URL_S3", "endpoint", True),
+    ("AWS_DEFAULT_REGION", "region", True),
+)
+
+
+def _store_env(job: JobRef, spec: TrainingJobSpec) -> list[Obj]:
+    location = spec.checkpoint.location
+    if not location:
+        return []
+    secret = store_secret_name(job.name)
+    uri = checkpoint_uri(location, job.namespace, job.name, job.uid)
+    return [
+        {"name": "KAON_CHECKPOINT_URI", "value": uri},
+        *(
+            {
+                "name": var,
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}},
+            }
+            for var, key, optional in STORE_ENV
+        ),
+    ]
+
+
+def store_secret(job: JobRef, data: dict[str, str]) -> Obj:
+    """The member's copy of the store credentials (base64 values, as read from the hub)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": store_secret_name(job.name),
+            "namespace": job.namespace,
+            "labels": {MANAGED_BY: MANAGER, JOB_LABEL: job.name, JOB_UID_LABEL: job.uid},
+        },
+        "data": data,
+    }
 
 
 def pod_resources(resources: WorkerResources, gpus: int) -> Obj:

@@ -5,16 +5,28 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from kaon.api.names import FINALIZER, ObjectKey
-from kaon.clusters.client import KubeClient, Obj
+from kaon.api.names import FINALIZER, ObjectKey, key_of
+from kaon.clusters.client import ApiError, KubeClient, Obj
 from kaon.engine import hubio
 from kaon.engine.cache import ObjectCache
 from kaon.engine.clock import Clock, rfc3339
 from kaon.engine.workqueue import WorkQueue
 
 
+class StaleView(Exception):  # noqa: N818  (not an error: the decision was made on old news)
+    """A guarded write was refused: the object changed since it was read. The cache holds the
+    hub's current body now and the object is queued again; the decision is made anew."""
+
+    def __init__(self, current: Obj | None) -> None:
+        super().__init__("the object changed since it was read")
+        self.current = current
+
+
 class Reconciler:
     queue: WorkQueue[ObjectKey]  # made by each controller, with its own reconcile and workers
+    # Status writes only onto the resourceVersion they were decided from: a controller whose
+    # status says where pods run must never write from a stale view.
+    guarded_writes = False
 
     def __init__(self, hub: KubeClient, plural: str, kind: str, clock: Clock) -> None:
         self.hub = hub
@@ -56,7 +68,29 @@ class Reconciler:
         if old is not None and new == old:
             return body
         dumped = new.model_dump(mode="json", by_alias=True)
-        return self.saved(await hubio.patch_status(self.hub, self.plural, body, dumped))
+        try:
+            answer = await hubio.patch_status(
+                self.hub, self.plural, body, dumped, guarded=self.guarded_writes
+            )
+        except ApiError as exc:
+            if not (exc.conflict and self.guarded_writes):
+                raise
+            raise StaleView(await self.refresh(body)) from exc
+        return self.saved(answer)
+
+    async def refresh(self, body: Obj, requeue: bool = True) -> Obj | None:
+        """The object as the hub has it now, into the cache (and queued again when
+        `requeue`); None if it is gone."""
+        try:
+            fresh = await hubio.get(self.hub, self.plural, body)
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        self.cache.observed(fresh)
+        if requeue:
+            self.queue.add(key_of(fresh))
+        return self.cache.get(key_of(fresh))
 
     async def event(self, body: Obj, type_: str, reason: str, message: str) -> None:
         now = rfc3339(self.clock)

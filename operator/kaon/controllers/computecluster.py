@@ -4,15 +4,17 @@ reachability and live pool inventory in its status when it changes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 from kaon.api.common import API_VERSION, Condition
 from kaon.api.computecluster import ComputeClusterStatus, PoolStatus, ResourceAmounts
 from kaon.api.resources import Resources
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, KubeClient, Obj
-from kaon.engine.clock import Clock, rfc3339
+from kaon.engine.clock import RFC3339, Clock, rfc3339
 from kaon.engine.fleet import Fleet, Registered
 from kaon.lifecycle.conditions import set_condition
 
@@ -25,9 +27,13 @@ def _amounts(r: Resources) -> ResourceAmounts:
 
 
 def cluster_status(
-    reg: Registered, old: list[Condition], gen: int, now: str
+    reg: Registered, old: list[Condition], gen: int, now: str, wall: float | None = None
 ) -> ComputeClusterStatus:
+    """The status to publish; with `wall` (unix seconds now), a member that stopped answering
+    has Ready=False since its last answer, not since this look."""
     member = reg.member
+    if wall is not None and member is not None and member.unready_for() > 0:
+        now = datetime.fromtimestamp(wall - member.unready_for(), UTC).strftime(RFC3339)
     if reg.problem:
         ready, (reason, message) = False, reg.problem
     elif member is None:
@@ -99,7 +105,11 @@ class Published:
         self._by_uid: dict[str, ComputeClusterStatus] = {}
 
     def changed(
-        self, regs: list[Registered], generations: dict[str, int], now: str
+        self,
+        regs: list[Registered],
+        generations: dict[str, int],
+        now: str,
+        wall: float | None = None,
     ) -> list[tuple[Registered, ComputeClusterStatus]]:
         for gone in self._by_uid.keys() - {reg.uid for reg in regs}:
             del self._by_uid[gone]
@@ -107,7 +117,7 @@ class Published:
         for reg in regs:
             old = self._by_uid.get(reg.uid)
             status = cluster_status(
-                reg, old.conditions if old else [], generations.get(reg.name, 0), now
+                reg, old.conditions if old else [], generations.get(reg.name, 0), now, wall
             )
             if old != status:
                 out.append((reg, status))
@@ -126,21 +136,42 @@ class ComputeClusterController:
         self.clock = clock
         self.on_change = on_change  # capacity may have come or gone: admission looks again
         self.generations: dict[str, int] = {}
+        self.bodies: dict[str, Obj] = {}
+        self.active = False
         self.published = Published()
+        self._health_changed = asyncio.Event()
+
+    def health_changed(self, _cluster: str) -> None:
+        """A member became ready or stopped being: published now, not at the next interval."""
+        self._health_changed.set()
 
     async def object_event(self, kind: str, body: Obj) -> None:
         name = body["metadata"]["name"]
         if kind == "DELETED":
-            await self.fleet.remove(name)
+            self.bodies.pop(name, None)
             self.generations.pop(name, None)
+            if self.active:
+                await self.fleet.remove(name)
         else:
+            self.bodies[name] = body
             self.generations[name] = int(body["metadata"].get("generation", 0))
+            if self.active:
+                await self.fleet.upsert(body)
+        self.on_change()
+
+    async def activate(self) -> None:
+        """Connect to the members known so far; from now on each event is acted on at once.
+        (A standby operator only remembers ComputeClusters: it must not touch members.)"""
+        self.active = True
+        for body in list(self.bodies.values()):
             await self.fleet.upsert(body)
         self.on_change()
 
     async def publish_loop(self) -> None:
         while True:
-            await asyncio.sleep(PUBLISH_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._health_changed.wait(), PUBLISH_INTERVAL_S)
+            self._health_changed.clear()
             await self.publish()
 
     async def publish(self) -> None:
@@ -149,7 +180,8 @@ class ComputeClusterController:
         for reg in regs:
             if reg.member and not reg.member.health.version and reg.member.health.reachable:
                 await reg.member.probe_version()
-        for reg, status in self.published.changed(regs, self.generations, rfc3339(self.clock)):
+        now, wall = rfc3339(self.clock), self.clock.wall()
+        for reg, status in self.published.changed(regs, self.generations, now, wall):
             try:
                 await self.hub.merge_patch(
                     paths.custom(API_VERSION, "computeclusters", None, reg.name) + "/status",

@@ -18,7 +18,8 @@ from kaon.api.settings import Settings
 from kaon.api.trainingjob import JobPlacement, TrainingJobSpec, TrainingJobStatus
 from kaon.builders.names import artifact_uri
 from kaon.clusters.client import KubeClient, Obj
-from kaon.controllers.base import Reconciler
+from kaon.clusters.member import Member
+from kaon.controllers.base import Reconciler, StaleView
 from kaon.controllers.workers import WorkerOps
 from kaon.engine import metrics
 from kaon.engine.admission import Admission
@@ -42,6 +43,7 @@ from kaon.lifecycle.models import JobFacts
 from kaon.lifecycle.workers import WorkerState, observe_pod
 from kaon.placement import Placed, Reservation, Unplaceable, Waiting, gang_demand
 from kaon.placement.demand import held_by_job
+from kaon.placement.health import failover_wait
 
 log = logging.getLogger(__name__)
 PLURAL = "trainingjobs"
@@ -67,6 +69,8 @@ class JobMemory:
 
 
 class TrainingJobController(Reconciler):
+    guarded_writes = True  # status says where a gang runs: never written from a stale view
+
     def __init__(
         self,
         hub: KubeClient,
@@ -88,6 +92,7 @@ class TrainingJobController(Reconciler):
             self.reconcile, workers=32, on_error=metrics.reconcile_error("trainingjob")
         )
         self._placement_wanted = asyncio.Event()
+        self._sweeps: dict[str, asyncio.Task[None]] = {}
         admission.register(KIND, self.reservations)
 
     # --- events -------------------------------------------------------------------------------
@@ -106,6 +111,50 @@ class TrainingJobController(Reconciler):
     def want_placement(self) -> None:
         self._placement_wanted.set()
 
+    def member_health_changed(self, cluster: str) -> None:
+        """A member became ready or stopped being: its jobs look again (to fail over, or to go
+        on); one that is back first loses the pods of attempts fenced off meanwhile."""
+        for key, body in self.cache.items():
+            placement = (body.get("status") or {}).get("placement") or {}
+            if placement.get("cluster") == cluster:
+                self.queue.add(key)
+        member = self.fleet.member(cluster)
+        if member is not None and member.ready and not member.swept:
+            running = self._sweeps.get(cluster)
+            if running is None or running.done():
+                self._sweeps[cluster] = asyncio.create_task(self.sweep(member))
+
+    async def sweep(self, member: Member) -> None:
+        """Remove the member's worker pods that no current attempt owns (a job that failed over
+        while the member was away), before the member is offered to admission again. Pods of
+        jobs this operator does not know are left to the jobs' finalizers."""
+        try:
+            for key, pods in list(member.job_pods.items()):
+                body = self.cache.get(key)
+                if body is None:
+                    continue
+                _, status = self._parsed(body)
+                here = status.placement is not None and status.placement.cluster == member.name
+                attempt = str(status.attempt)
+                stale = [
+                    name
+                    for name, pod in pods.items()
+                    if not here or pod["metadata"]["labels"].get(ATTEMPT_LABEL) != attempt
+                ]
+                if stale:
+                    log.info(
+                        "member %s: removing %d fenced-off pods of %s/%s",
+                        member.name,
+                        len(stale),
+                        *key,
+                    )
+                    await self.workers.delete_pods(member, key[0], stale)
+        except Exception:
+            log.exception("sweep of member %s failed; retried when it is ready again", member.name)
+            return
+        member.swept = member.ready
+        self.want_placement()
+
     def facts(self, namespace: str, name: str) -> JobFacts | None:
         """Spec and status of a valid job, for the services that serve its artifact."""
         body = self.cache.get((namespace, name))
@@ -117,6 +166,12 @@ class TrainingJobController(Reconciler):
     # --- reconcile one job --------------------------------------------------------------------
 
     async def reconcile(self, key: ObjectKey) -> float | None:
+        try:
+            return await self._reconcile(key)
+        except StaleView:
+            return None  # queued again with the hub's current body
+
+    async def _reconcile(self, key: ObjectKey) -> float | None:
         body = self.cache.get(key)
         if body is None:
             self.memory.forget(key)  # an in-flight pass may have remembered things after delete
@@ -164,7 +219,7 @@ class TrainingJobController(Reconciler):
         assert placement is not None
         member = self.fleet.member(placement.cluster)
         if member is None or not member.ready:
-            return UNREACHABLE_RETRY_S
+            return await self._cluster_unready(key, body, spec, status, member, gen)
         memory = self.memory.of(key)
         pods = member.pods_of(key)
         attempt = str(status.attempt)
@@ -225,6 +280,45 @@ class TrainingJobController(Reconciler):
             return max(deadline - view.seconds_since_admitted, 0) + 0.5
         return None
 
+    async def _cluster_unready(
+        self,
+        key: ObjectKey,
+        body: Obj,
+        spec: TrainingJobSpec,
+        status: TrainingJobStatus,
+        member: Member | None,
+        gen: int,
+    ) -> float | None:
+        """The gang's cluster does not answer: wait out the grace, then fail over."""
+        assert status.placement is not None
+        cluster = status.placement.cluster
+        policy = spec.run_policy.failover
+        if member is not None:
+            lost_for = member.unready_for()
+        elif cluster in self.fleet.clusters:  # registered, but no client (e.g. Secret missing)
+            lost_for = 0.0
+        else:  # its ComputeCluster is gone: nothing there will come back
+            lost_for = float(policy.grace_seconds)
+        wait = failover_wait(policy.mode, policy.grace_seconds, lost_for)
+        if wait is None or (wait > 0 and lost_for == 0.0):
+            return UNREACHABLE_RETRY_S
+        if wait > 0:
+            return wait + 0.05
+        await self._patch(
+            body, transitions.failing_over(status, cluster, lost_for, gen, self.now())
+        )
+        memory = self.memory.of(key)
+        memory.launched_attempt, memory.expected = None, {}
+        message = (
+            f"cluster {cluster} has not answered for {lost_for:.0f}s "
+            f"(grace {policy.grace_seconds}s): the gang is placed again as attempt "
+            f"{status.attempt + 1}; the old attempt's pods are removed when {cluster} is back"
+        )
+        await self.event(body, "Warning", "ClusterLost", message)
+        metrics.FAILOVERS.labels(cluster).inc()
+        self.want_placement()
+        return None
+
     async def _launch(
         self,
         key: ObjectKey,
@@ -238,6 +332,8 @@ class TrainingJobController(Reconciler):
     ) -> None:
         placement = status.placement
         assert placement is not None
+        if not await self._confirmed(body, status):
+            return
         error = await self.workers.launch(body, spec, placement, status.attempt, action.ranks)
         if error:
             await self.workers.remove_all(key, placement.cluster)
@@ -254,6 +350,15 @@ class TrainingJobController(Reconciler):
         # of this attempt that are missing, which creating them again does anyway.
         memory.launched_attempt = status.attempt
         memory.counts_written_at = at
+
+    async def _confirmed(self, body: Obj, status: TrainingJobStatus) -> bool:
+        """Before creating pods: the hub still has this attempt at this placement. A view that
+        lags (a watch behind, a second operator's write) must not start a gang anywhere."""
+        current = await self.refresh(body, requeue=False)
+        if current is None:
+            return False
+        _, now = self._parsed(current)
+        return (now.attempt, now.placement) == (status.attempt, status.placement)
 
     async def _observe(
         self,
@@ -416,6 +521,14 @@ class TrainingJobController(Reconciler):
         async def apply(
             key: ObjectKey, body: Obj, spec: TrainingJobSpec, status: TrainingJobStatus
         ) -> None:
+            try:
+                await decide(key, body, spec, status)
+            except StaleView:
+                self.want_placement()  # the job changed meanwhile: the next pass decides again
+
+        async def decide(
+            key: ObjectKey, body: Obj, spec: TrainingJobSpec, status: TrainingJobStatus
+        ) -> None:
             outcome = outcomes[f"{key[0]}/{key[1]}"]
             gen = int(body["metadata"].get("generation", 0))
             async with sem:
@@ -434,6 +547,9 @@ class TrainingJobController(Reconciler):
                     )
                     where = f"pool {outcome.pool} in cluster {outcome.cluster}"
                     await self.event(body, "Normal", "Placed", where)
+                    if status.failed_over_from:
+                        message = transitions.failover_message(status, placement)
+                        await self.event(body, "Warning", "FailedOver", message)
                     self.queue.add(key)
                 elif isinstance(outcome, Waiting):
                     await self._patch(

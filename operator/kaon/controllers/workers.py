@@ -8,8 +8,15 @@ import logging
 from kaon.api.names import ATTEMPT_LABEL, MANAGED_BY, MANAGER, ObjectKey
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import JobPlacement, TrainingJobSpec
-from kaon.builders.names import job_selector, service_name
-from kaon.builders.worker import JobRef, rendezvous_service, worker_identity, worker_pod
+from kaon.builders.names import job_selector, service_name, store_secret_name
+from kaon.builders.worker import (
+    STORE_ENV,
+    JobRef,
+    rendezvous_service,
+    store_secret,
+    worker_identity,
+    worker_pod,
+)
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
 from kaon.clusters.member import Member
@@ -53,6 +60,12 @@ class WorkerOps:
         )
         try:
             await self.ensure_namespace(member, job.namespace)
+            if spec.checkpoint.secret_ref is not None:
+                problem = await self._copy_store_secret(
+                    member, job, spec.checkpoint.secret_ref.name
+                )
+                if problem:
+                    return problem
             await member.client.create_or_get(
                 paths.services(job.namespace), rendezvous_service(job, self.settings)
             )
@@ -73,6 +86,29 @@ class WorkerOps:
                 return f"cluster {member.name}: pod {pod['metadata']['name']}: {result.message}"
             if isinstance(result, BaseException) and not isinstance(result, ApiError):
                 raise result
+        return None
+
+    async def _copy_store_secret(self, member: Member, job: JobRef, name: str) -> str | None:
+        """The hub's Secret of spec.checkpoint.secretRef, copied into the member (its keys
+        the runtime reads only); why not, if it cannot be."""
+        where = f"Secret {job.namespace}/{name} (spec.checkpoint.secretRef)"
+        try:
+            secret = await self.fleet.hub.get(paths.secret(job.namespace, name))
+        except ApiError as exc:
+            return f"{where} does not exist" if exc.not_found else f"{where}: {exc}"
+        data = secret.get("data") or {}
+        keys = [key for _, key, _ in STORE_ENV]
+        missing = [k for _, k, optional in STORE_ENV if not optional and not data.get(k)]
+        if missing:
+            return f"{where} has no {' and no '.join(missing)}"
+        copy = store_secret(job, {k: data[k] for k in keys if data.get(k)})
+        path = paths.secret(job.namespace, store_secret_name(job.name))
+        try:
+            await member.client.request("PUT", path, body=copy, answer=False)
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+            await member.client.create(paths.secrets(job.namespace), copy, answer=False)
         return None
 
     async def delete_pods(self, member: Member, ns: str, names: list[str]) -> None:
@@ -112,6 +148,7 @@ class WorkerOps:
         try:
             await member.client.delete(paths.pods(ns), labelSelector=selector)
             await member.client.delete_if_present(f"{paths.services(ns)}/{service_name(name)}")
+            await member.client.delete_if_present(paths.secret(ns, store_secret_name(name)))
             left = await member.client.get(paths.pods(ns), labelSelector=selector)
         except ApiError as exc:
             log.info("cleanup of %s/%s in %s: %s", ns, name, cluster, exc)

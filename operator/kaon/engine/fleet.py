@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,9 @@ class Fleet:
     on_service_pods: Callable[[ObjectKey], None] = lambda key: None
     connect: Callable[[Mapping[str, Any]], KubeClient] = KubeClient  # a member's client
     clusters: dict[str, Registered] = field(default_factory=dict)
+    on_health: Callable[[str], None] = lambda name: None
+    monotonic: Callable[[], float] = time.monotonic
+    holder: str = "kaon"  # the heartbeat Lease's holderIdentity
 
     async def upsert(self, body: Obj) -> None:
         name = body["metadata"]["name"]
@@ -73,7 +77,7 @@ class Fleet:
             return
         await self._stop(reg)
         try:
-            client = self.connect(kubeconfig)
+            client, heartbeat = self.connect(kubeconfig), self.connect(kubeconfig)
         except Exception as exc:  # a kubeconfig the client library cannot use
             reg.problem = ("BadCredentials", f"the kubeconfig cannot be used: {exc}")
             return
@@ -83,11 +87,18 @@ class Fleet:
             on_job_pods=self.on_job_pods,
             on_service_pods=self.on_service_pods,
             on_capacity=self.on_capacity,
-            on_health=self.on_capacity,
+            on_health=self._health,
+            heartbeat_client=heartbeat,
+            holder=self.holder,
+            monotonic=self.monotonic,
         )
         reg.fingerprint = fingerprint
         reg.member.start()
         log.info("member %s: watching %s", name, client.server)
+
+    def _health(self, name: str) -> None:
+        self.on_health(name)
+        self.on_capacity(name)
 
     async def retry_problems(self) -> None:
         """Read the Secret again where the kubeconfig was missing or unusable (e.g. the Secret
@@ -176,7 +187,10 @@ class Fleet:
                         accelerator=pool.accelerator.type if pool.accelerator else None,
                         cost_per_hour=pool.cost_per_hour,
                         cluster_labels=reg.labels,
-                        available=bool(member and member.ready) and not reg.spec.suspend,
+                        # A member back from a loss takes nothing new until the pods of
+                        # attempts fenced off meanwhile are gone from it.
+                        available=bool(member and member.ready and member.swept)
+                        and not reg.spec.suspend,
                         node_free=tuple(free),
                         node_allocatable=tuple(n.allocatable for n in nodes),
                     )

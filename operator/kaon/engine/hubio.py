@@ -17,8 +17,19 @@ def _path(plural: str, body: Obj) -> str:
     return paths.custom(API_VERSION, plural, meta.get("namespace"), meta["name"])
 
 
-async def patch_status(hub: KubeClient, plural: str, body: Obj, status: dict[str, Any]) -> Obj:
-    return await hub.merge_patch(_path(plural, body) + "/status", {"status": status})
+async def patch_status(
+    hub: KubeClient, plural: str, body: Obj, status: dict[str, Any], guarded: bool = False
+) -> Obj:
+    """Merge-patch status; `guarded`: only onto the body's resourceVersion (else a 409), so a
+    write made from a stale view (another operator's, or ours before a change) is refused."""
+    patch: dict[str, Any] = {"status": status}
+    if guarded:
+        patch["metadata"] = {"resourceVersion": body["metadata"]["resourceVersion"]}
+    return await hub.merge_patch(_path(plural, body) + "/status", patch)
+
+
+async def get(hub: KubeClient, plural: str, body: Obj) -> Obj:
+    return await hub.get(_path(plural, body))
 
 
 async def set_finalizers(hub: KubeClient, plural: str, body: Obj, finalizers: list[str]) -> Obj:

@@ -42,6 +42,12 @@ ADMISSION_WAIT = HistogramMetric(
     buckets=WAIT_BUCKETS,
     registry=REGISTRY,
 )
+FAILOVERS = CounterMetric(
+    "kaon_trainingjob_failovers_total",
+    "TrainingJob gangs moved off a member cluster that stopped answering.",
+    ["cluster"],
+    registry=REGISTRY,
+)
 TIME_TO_RUNNING = HistogramMetric(
     "kaon_time_to_running_seconds",
     "Time from a TrainingJob's admission to all its workers running.",

@@ -39,6 +39,8 @@ def admitted(
 ) -> TrainingJobStatus:
     message = f"placed on pool {placement.pool} in cluster {placement.cluster}"
     s = _cond(s, "Admitted", True, "Placed", message, gen, now)
+    if s.failed_over_from:
+        s = _cond(s, "FailedOver", True, "ClusterLost", failover_message(s, placement), gen, now)
     s = _cond(s, "Suspended", False, "Resumed", "", gen, now) if _has(s, "Suspended") else s
     return _with(
         s,
@@ -48,6 +50,36 @@ def admitted(
         admitted_at=now,
         launched=False,
         workers=WorkerCounts(total=workers),
+        failed_over_from=None,
+    )
+
+
+def failover_message(s: TrainingJobStatus, placement: JobPlacement) -> str:
+    return (
+        f"moved from cluster {s.failed_over_from} (lost) to cluster {placement.cluster}, "
+        f"pool {placement.pool}; attempt {s.attempt} resumes from the last committed checkpoint"
+    )
+
+
+def failing_over(
+    s: TrainingJobStatus, cluster: str, lost_for_s: float, gen: int, now: str
+) -> TrainingJobStatus:
+    """The gang's cluster is lost: a new attempt waits for a placement elsewhere. Not charged
+    to backoffLimit; the lost cluster's pods belong to the old attempt and are fenced off."""
+    message = f"cluster {cluster} has not answered for {lost_for_s:.0f}s; placing the gang again"
+    if _has(s, "Running"):
+        s = _cond(s, "Running", False, "ClusterLost", message, gen, now)
+    s = _cond(s, "Admitted", False, "ClusterLost", message, gen, now)
+    return _with(
+        s,
+        gen,
+        state="Waiting",
+        placement=None,
+        attempt=s.attempt + 1,
+        launched=False,
+        failovers=s.failovers + 1,
+        failed_over_from=cluster,
+        workers=WorkerCounts(total=s.workers.total),
     )
 
 

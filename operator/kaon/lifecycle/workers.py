@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kaon.api.names import PROGRESS_ANNOTATION
+from kaon.api.names import PROGRESS_ANNOTATION, RESUMABLE_EXIT_CODE
 
 # Pod status reasons set by kubelet, the node lifecycle controller or the scheduler when the
 # infrastructure, not the program, ended the pod.
@@ -71,12 +71,19 @@ def observe_pod(pod: dict[str, Any], rank: int) -> WorkerState:
     term = _terminated(pod)
     deleting = bool(pod.get("metadata", {}).get("deletionTimestamp"))
     pod_reason = status.get("reason", "")
+    resumable = phase == "Failed" and term.get("exitCode") == RESUMABLE_EXIT_CODE
     infra = (
         pod_reason in INFRA_POD_REASONS
         or disruption is not None
         or (deleting and phase not in ("Succeeded", "Failed"))
+        or resumable
     )
-    reason = (disruption or {}).get("reason") or pod_reason or term.get("reason", "")
+    reason = (
+        (disruption or {}).get("reason")
+        or pod_reason
+        or ("Preempted" if resumable else "")
+        or term.get("reason", "")
+    )
     message = term.get("message") or status.get("message") or (disruption or {}).get("message", "")
     return WorkerState(
         rank=rank,

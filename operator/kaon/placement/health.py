@@ -35,3 +35,11 @@ class HealthHistory:
 
     def forget(self, cluster: str) -> None:
         self.unready_since.pop(cluster, None)
+
+
+def failover_wait(mode: str, grace_s: float, unready_for_s: float) -> float | None:
+    """Seconds until a gang on a cluster that has not been ready for `unready_for_s` moves
+    elsewhere: 0 means now, None means never (the job waits for its cluster)."""
+    if mode == "Never":
+        return None
+    return max(grace_s - unready_for_s, 0.0)
