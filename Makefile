@@ -18,7 +18,7 @@ KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell cat $(KSERVE_REQ) | sha256sum 
 
 .DEFAULT_GOAL := help
 .PHONY: help setup check fmt rig-build rig-up rig-down rig-status test unit lint crds verify demo \
-	run bench images clean check-ruff check-types check-imports check-unit
+	run bench images clean demo-failover check-ruff check-types check-imports check-unit
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -91,12 +91,16 @@ test: lint verify rig-build ## lint, then unit + integration + e2e tests against
 demo: rig-up ## the rig, CRDs, the operator, two members and example TrainingJobs, end to end
 	hack/demo.sh
 
+demo-failover: rig-up ## a CNN that really trains loses its member mid-way and resumes on the other
+	hack/demo-failover.sh
+
 run: rig-up ## run the operator on the rig's hub (Ctrl-C stops it)
 	source <($(KAON) rig env) && kubectl apply -f crds/ && $(KAON) run
 
 bench: rig-build ## benchmarks with same-run baselines; figures into .bench/results.json
 	$(PY) tests/bench/kernels.py
 	$(PY) tests/bench/controlplane.py
+	$(PY) tests/bench/failover.py
 	$(PY) tests/bench/serving.py
 
 # The images the chart's values name (operator.image, runtime.image; the CUDA runtime adds -cuda).

@@ -222,6 +222,34 @@ RULE_CASES = [
         "set exactly one of trainingJobRef and uri",
     ),
     Case(
+        "an s3 model without credentials",
+        "InferenceService",
+        {"model": {"uri": "s3://kaon/models/digits"}},
+        "spec.model.secretRef",
+        "an s3:// uri needs secretRef",
+    ),
+    Case(
+        "an s3 canary without credentials",
+        "InferenceService",
+        SERVE | {"canary": {"model": {"uri": "s3://kaon/models/v2"}, "trafficPercent": 10}},
+        "spec.canary.model.secretRef",
+        "an s3:// uri needs secretRef",
+    ),
+    Case(
+        "credentials for a model on a claim",
+        "InferenceService",
+        {"model": {"uri": "pvc://models/digits", "secretRef": {"name": "kaon-s3"}}},
+        "spec.model.secretRef",
+        "secretRef is for an s3:// uri (a trainingJobRef's model is read with the job's)",
+    ),
+    Case(
+        "credentials for a job's model",
+        "InferenceService",
+        {"model": {"trainingJobRef": {"name": "digits"}, "secretRef": {"name": "kaon-s3"}}},
+        "spec.model.secretRef",
+        "secretRef is for an s3:// uri (a trainingJobRef's model is read with the job's)",
+    ),
+    Case(
         "min above max",
         "InferenceService",
         SERVE | {"replicas": {"min": 3, "max": 2}},
@@ -371,6 +399,13 @@ BOUND_CASES = [
         "TrainingJob",
         JOB | {"checkpoint": {"location": "gs://kaon/jobs", "secretRef": {"name": "kaon-s3"}}},
         "spec.checkpoint.location",
+        "should match pattern",
+    ),
+    Case(
+        "a model uri that is neither pvc nor s3",
+        "InferenceService",
+        {"model": {"uri": "gs://kaon/models/digits"}},
+        "spec.model.uri",
         "should match pattern",
     ),
     Case(

@@ -180,6 +180,8 @@ class Trainer:
             if self.world.is_main
             else None
         )
+        if reporter is not None and self.step > 0:  # resumed: say from where at once
+            reporter.report(min(self.step // self.steps_per_epoch + 1, cfg.epochs), self.step, None)
         generator = (  # CUDA's generators exist once CUDA is initialised (the model is on it)
             torch.cuda.default_generators[self.device.index or 0]
             if self.device.type == "cuda"

@@ -82,7 +82,12 @@ def s3_client(env: Mapping[str, str]) -> Any:
         read_timeout=60,
     )
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+    session = boto3.session.Session(
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"),
+    )
+    return session.client("s3", endpoint_url=endpoint, config=config)
 
 
 class S3Store:
@@ -160,11 +165,17 @@ class S3Store:
         self._committed = self._committed[-KEEP:]
 
     def latest(self) -> dict[str, Any] | None:
+        """The newest committed checkpoint, after claiming the store for this attempt: from
+        here on a worker of an older attempt (still running somewhere) commits nothing."""
         record, _ = self.manifest()
+        owner = -1 if record is None else int(record.get("attempt", -1))
+        if owner > self.attempt:
+            raise FencedOffError(f"attempt {owner} owns {self.uri(self.key())}")
+        if owner < self.attempt:
+            self.commit()
+            record, _ = self.manifest()
         if record is None or not record.get("checkpoint"):
             return None
-        if int(record.get("attempt", -1)) > self.attempt:
-            raise FencedOffError(f"attempt {record['attempt']} owns {self.uri(self.key())}")
         key = str(record["checkpoint"])
         answer = self.client.get_object(Bucket=self.bucket, Key=key)
         state: dict[str, Any] = torch.load(

@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    if args.standalone:
+    if args.standalone or args.peering:  # kopf's peering then decides who acts, not the Lease
         os.environ["KAON_LEADER_ELECTION"] = "false"
     kopf.configure(verbose=args.verbose)
     if not args.verbose:  # one line per handled event is noise at thousands of jobs
@@ -116,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run_p = sub.add_parser("run", help="run the operator against the hub")
     run_p.add_argument("--kubeconfig", help="the hub's kubeconfig (default: $KUBECONFIG)")
-    run_p.add_argument("--peering", help="kopf peering name for an active/standby pair")
+    run_p.add_argument(
+        "--peering",
+        help="use kopf peering of this name instead of the Lease to pick the acting operator "
+        "(every operator on the hub must then use it)",
+    )
     run_p.add_argument(
         "--priority",
         type=int,

@@ -28,7 +28,7 @@ class Manager:
         hub_kubeconfig: Mapping[str, Any],
         settings: Settings,
         clock: Clock | None = None,
-        connect: Callable[[Mapping[str, Any]], KubeClient] = KubeClient,
+        connect: Callable[..., KubeClient] = KubeClient,
     ) -> None:
         self.hub = hub
         self.settings = settings

@@ -154,10 +154,37 @@ def build_helm(v: RigVersions = VERSIONS) -> None:
     _go_install("helm.sh/helm/v3/cmd/helm", v.helm, paths.helm_binary(v), ldflags)
 
 
+SEAWEEDFS_MODULE = "github.com/seaweedfs/seaweedfs"
+# SeaweedFS's own go.mod replaces this module; a replace applies only in the main module.
+_BIP39 = "github.com/tyler-smith/go-bip39=github.com/cosmos/go-bip39@v1.0.0"
+
+
+def build_seaweedfs(v: RigVersions = VERSIONS) -> None:
+    """The rig's S3 server. Its go.mod has a replace directive (refused by `go install`), which
+    the wrapper module repeats."""
+    dest = paths.seaweedfs_binary(v)
+    if dest.exists():
+        return
+    w = _wrapper(f"seaweedfs-wrapper-{v.seaweedfs}")
+    if not (w / ".prepared").exists():
+        _log(f"resolving {SEAWEEDFS_MODULE} {v.seaweedfs}")
+        _go(["mod", "edit", f"-replace={_BIP39}"], w)
+        _go(["get", "-tool", f"{SEAWEEDFS_MODULE}/weed@{v.seaweedfs}"], w)
+        _go(["mod", "tidy"], w)
+        (w / ".prepared").touch()
+    _log(f"building weed {v.seaweedfs} (10-20 minutes when cold)")
+    t0 = time.monotonic()
+    tmp = w / "weed.tmp"
+    _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), f"{SEAWEEDFS_MODULE}/weed"], w)
+    _install_atomically(tmp, dest)
+    _log(f"built weed in {time.monotonic() - t0:.0f}s")
+
+
 def build_all(v: RigVersions = VERSIONS) -> None:
     t0 = time.monotonic()
     build_kwok(v)
     build_etcd(v)
     build_helm(v)
     build_kubernetes(v)
+    build_seaweedfs(v)
     _log(f"all rig binaries ready under {paths.cache_dir() / 'bin'} ({time.monotonic() - t0:.0f}s)")

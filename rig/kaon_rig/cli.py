@@ -71,7 +71,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from kaon_rig import rig  # noqa: PLC0415
+    from kaon_rig import rig, s3  # noqa: PLC0415
 
     statuses = rig.status(_config(args))
     print(
@@ -85,7 +85,9 @@ def _status(args: argparse.Namespace) -> int:
                 f"{c.name:<8} {c.state:<12} {p.name:<10} {p.nodes:>5} {p.ready:>5} "
                 f"{p.cpu:>5} {p.gpus:>4}"
             )
-    return 0 if all(c.state == "running" for c in statuses) else 1
+    s3_up = s3.is_ready()
+    print(f"S3 {s3.ENDPOINT} bucket {s3.BUCKET}: {'up' if s3_up else 'down'}")
+    return 0 if s3_up and all(c.state == "running" for c in statuses) else 1
 
 
 def _kubeconfig(args: argparse.Namespace) -> int:
@@ -132,6 +134,14 @@ def _env(args: argparse.Namespace) -> int:
     print(f'export PATH={path}:"$PATH"')
     print(f"export KUBECONFIG={shlex.quote(str(paths.kubeconfig_path('hub')))}")
     print(f"export KAON_RIG_DIR={shlex.quote(str(paths.rig_dir()))}")
+    from kaon_rig import s3  # noqa: PLC0415
+
+    creds = s3.saved_credentials()
+    if creds is not None:
+        print(f"export AWS_ENDPOINT_URL_S3={s3.ENDPOINT}")
+        print(f"export AWS_REGION={s3.REGION}")
+        print(f"export AWS_ACCESS_KEY_ID={shlex.quote(creds.access_key_id)}")
+        print(f"export AWS_SECRET_ACCESS_KEY={shlex.quote(creds.secret_access_key)}")
     return 0
 
 

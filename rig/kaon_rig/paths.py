@@ -33,6 +33,15 @@ def helm_binary(v: RigVersions = VERSIONS) -> Path:
     return cache_dir() / "bin" / f"helm-v{v.helm}" / "helm"
 
 
+def seaweedfs_binary(v: RigVersions = VERSIONS) -> Path:
+    return cache_dir() / "bin" / f"seaweedfs-{v.seaweedfs}" / "weed"
+
+
+def s3_dir() -> Path:
+    """The rig's S3 server: its data, credentials, pid file and log."""
+    return rig_dir() / "s3"
+
+
 def kubectl_binary(v: RigVersions = VERSIONS) -> Path:
     return kube_bin_dir(v) / "kubectl"
 

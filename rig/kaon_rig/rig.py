@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kaon.api.names import GPU_RESOURCE
 from kaon.api.resources import parse
-from kaon_rig import agents, build, paths
+from kaon_rig import agents, build, paths, s3
 from kaon_rig.config import (
     POOL_LABEL,
     RIG_LABEL,
@@ -219,8 +219,24 @@ def member_secret_name(cluster: str) -> str:
     return f"rig-{cluster}-kubeconfig"
 
 
+def _apply_secret(core: client.CoreV1Api, namespace: str, name: str, data: dict[str, str]) -> None:
+    secret = client.V1Secret(
+        metadata=client.V1ObjectMeta(
+            name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "kaon-rig"}
+        ),
+        string_data=data,
+    )
+    try:
+        core.create_namespaced_secret(namespace, secret)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        core.replace_namespaced_secret(name, namespace, secret)
+
+
 def _register_member_secrets(config: RigConfig, hub: str = "hub") -> None:
-    """Put each member's kubeconfig in a Secret on the hub, for ComputeClusters to reference."""
+    """Put each member's kubeconfig in a Secret on the hub, for ComputeClusters to reference,
+    and the S3 server's endpoint and key pair, for TrainingJobs to reference."""
     with api_client(paths.kubeconfig_path(hub)) as api:
         core = client.CoreV1Api(api)
         try:
@@ -234,34 +250,24 @@ def _register_member_secrets(config: RigConfig, hub: str = "hub") -> None:
             if cluster.name == hub:
                 continue
             text = yaml.safe_dump(inline_kubeconfig(paths.kubeconfig_path(cluster.name)))
-            secret = client.V1Secret(
-                metadata=client.V1ObjectMeta(
-                    name=member_secret_name(cluster.name),
-                    namespace=MEMBER_SECRET_NAMESPACE,
-                    labels={"app.kubernetes.io/part-of": "kaon-rig"},
-                ),
-                string_data={"kubeconfig": text},
-            )
-            try:
-                core.create_namespaced_secret(MEMBER_SECRET_NAMESPACE, secret)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                core.replace_namespaced_secret(
-                    member_secret_name(cluster.name), MEMBER_SECRET_NAMESPACE, secret
-                )
+            name = member_secret_name(cluster.name)
+            _apply_secret(core, MEMBER_SECRET_NAMESPACE, name, {"kubeconfig": text})
+        _apply_secret(core, s3.SECRET_NAMESPACE, s3.SECRET_NAME, s3.secret_data())
 
 
 def up(config: RigConfig, config_path: Path | None = None) -> dict[str, str]:
     """Build missing binaries, then make every cluster of the rig run with its node pools."""
     build.build_all()
     paths.rig_dir().mkdir(parents=True, exist_ok=True)
+    s3_action = s3.start()  # it starts while the clusters do
 
     # kwokctl picks free ports when it creates a cluster: create one at a time, or two may pick
     # the same port. Nodes are then synced in parallel.
     actions = {c.name: _ensure_cluster(c.name) for c in config.clusters}
     with ThreadPoolExecutor(max_workers=len(config.clusters)) as pool:
         list(pool.map(sync_nodes, config.clusters))
+    if s3.ensure() != "reused":
+        s3_action = "restarted"
     _register_member_secrets(config)
     # An agent of a cluster created anew still talks to the API server that was deleted.
     created = {name for name, action in actions.items() if action == "created"}
@@ -271,6 +277,7 @@ def up(config: RigConfig, config_path: Path | None = None) -> dict[str, str]:
     _wait_agent_nodes(config)
     for name, action in actions.items():
         _log(f"{name}: {action}, kubeconfig {paths.kubeconfig_path(name)}")
+    _log(f"s3: {s3_action}, {s3.ENDPOINT} bucket {s3.BUCKET}, Secret {s3.SECRET_NAME}")
     return actions
 
 
@@ -342,6 +349,7 @@ def _leftover_processes() -> list[int]:
 def down() -> list[str]:
     """Delete every cluster in the rig's work directory, stop strays, remove the directory."""
     agents.stop_all()
+    s3.stop()
     names = existing_clusters()
     for name in names:
         _kwokctl("delete", "cluster", "--name", name, check=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -11,6 +11,9 @@ class RigVersions:
     etcd: str = "3.6.10"
     kwok: str = "0.8.0"
     helm: str = "3.22.0"
+    # The rig's S3 server; the module proxy knows SeaweedFS by pseudo-version only. Out of the
+    # repr, which the clusters' configuration digest hashes: a new S3 server is no new cluster.
+    seaweedfs: str = field(default="v0.0.0-20261109003541-7506e5f91cd6", repr=False)
 
     @property
     def kubernetes_minor(self) -> str:

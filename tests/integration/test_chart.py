@@ -43,6 +43,8 @@ from kaonrig import (
 
 SA_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
 RBAC_KINDS = {"Role", "ClusterRole"}
+PEERING = ("peering.enabled=true", "leaderElection.enabled=false")
+STANDALONE = ("leaderElection.enabled=false",)  # and peering off, its default
 
 
 def template(kaon_rig: Rig, *sets: str, namespace: str = RELEASE_NAMESPACE) -> str:
@@ -65,7 +67,8 @@ VARIANTS = {
     "hub": (),
     "hub-is-member": ("rbac.hubIsMember=true", "rbac.userRole.aggregateToEdit=true"),
     "hub-named-secrets": ("rbac.memberSecretNames={rig-east-kubeconfig,rig-west-kubeconfig}",),
-    "standalone": ("peering.enabled=false",),
+    "standalone": STANDALONE,
+    "peering": PEERING,
     "member": ("role=member",),
 }
 
@@ -85,8 +88,14 @@ def test_rendered_chart_passes_a_server_side_dry_run(
     assert done.returncode == 0, done.stderr
     kinds = {d["kind"] for d in documents(rendered)}
     assert len(done.stdout.strip().splitlines()) == len(documents(rendered))
-    if variant == "member":
-        assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    if variant == "member":  # the Role: the hub's heartbeat Lease in kube-node-lease
+        assert kinds == {
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        }
     else:
         assert {"Deployment", "Service", "Role", "RoleBinding"} <= kinds
 
@@ -109,8 +118,8 @@ def test_images_and_settings_are_wired_into_the_deployment(kaon_rig: Rig) -> Non
     assert env["KAON_RUNTIME_IMAGE"] == "registry.example/ml/runtime:1.2.3-cuda"
     assert env["KAON_IMAGE_PULL_POLICY"] == "Always"
     assert env["KAON_NAMESPACE"] == "kaon-ops"
-    assert container["args"][:2] == ["run", "--liveness=http://0.0.0.0:8080/healthz"]
-    assert "--peering=kaon" in container["args"]
+    # Leader election, kaon run's default: no flag.
+    assert container["args"] == ["run", "--liveness=http://0.0.0.0:8080/healthz"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
 
@@ -158,6 +167,8 @@ def test_the_grafana_dashboard_ships_as_a_configmap_behind_a_value(kaon_rig: Rig
         ("metrics.port=80", "/metrics/port"),
         ("operator.replicas=-1", "/operator/replicas"),
         ("peering.name=Kaon_Peers", "/peering/name"),
+        ("leaderElection.enabled=yes", "/leaderElection/enabled"),
+        ("leaderElection.lease=other", "/leaderElection"),
         ("rbac.memberSecretNames[0]=*", "/rbac/memberSecretNames/0"),
         ("unknownKey=1", "unknownKey"),
     ],
@@ -169,10 +180,76 @@ def test_bad_values_are_refused_by_the_schema(kaon_rig: Rig, setting: str, compl
     assert complaint in failed.value.stderr
 
 
-def test_two_replicas_without_peering_are_refused(kaon_rig: Rig) -> None:
-    template(kaon_rig, "operator.replicas=2")  # with peering: an active/standby pair
+def mechanism(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How a rendering picks its acting operator: the flags, the rollout, the rules for it."""
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    rules = [r for d in docs if d["kind"] in RBAC_KINDS for r in d["rules"]]
+    return {
+        "flags": [a for a in args if a.startswith(("--peering", "--standalone"))],
+        "strategy": deployment["spec"]["strategy"],
+        "leases": [r for r in rules if "leases" in r["resources"]],
+        "peerings": [r for r in rules if "clusterkopfpeerings" in r["resources"]],
+        "peering objects": [
+            d["metadata"]["name"] for d in docs if d["kind"] == "ClusterKopfPeering"
+        ],
+    }
+
+
+ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+LEASE_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": ["kaon-operator"],
+        "verbs": ["get", "update"],
+    },
+]
+
+
+def test_leader_election_is_the_default_mechanism(kaon_rig: Rig) -> None:
+    assert mechanism(documents(template(kaon_rig))) == {
+        "flags": [],
+        "strategy": ROLLING,
+        "leases": LEASE_RULES,
+        "peerings": [],
+        "peering objects": [],
+    }
+
+
+def test_kopf_peering_is_the_alternative(kaon_rig: Rig) -> None:
+    seen = mechanism(documents(template(kaon_rig, *PEERING)))
+    assert seen["flags"] == ["--peering=kaon"]
+    assert seen["strategy"] == ROLLING
+    assert seen["leases"] == []
+    assert [r.get("resourceNames") for r in seen["peerings"]] == [None, ["kaon"]]
+    assert seen["peering objects"] == ["kaon"]
+
+
+def test_without_either_the_operator_runs_standalone(kaon_rig: Rig) -> None:
+    assert mechanism(documents(template(kaon_rig, *STANDALONE))) == {
+        "flags": ["--standalone"],
+        "strategy": {"type": "Recreate"},
+        "leases": [],
+        "peerings": [],
+        "peering objects": [],
+    }
+
+
+def test_leader_election_and_peering_at_once_are_refused(kaon_rig: Rig) -> None:
     with pytest.raises(subprocess.CalledProcessError) as failed:
-        template(kaon_rig, "operator.replicas=2", "peering.enabled=false")
+        template(kaon_rig, "peering.enabled=true")
+    assert "values don't meet the specifications of the schema" in failed.value.stderr
+    assert "/peering/enabled" in failed.value.stderr
+
+
+def test_two_replicas_need_leader_election_or_peering(kaon_rig: Rig) -> None:
+    template(kaon_rig, "operator.replicas=2")  # leader election: an active/standby pair
+    template(kaon_rig, "operator.replicas=2", *PEERING)
+    template(kaon_rig, "operator.replicas=1", *STANDALONE)
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        template(kaon_rig, "operator.replicas=2", *STANDALONE)
     assert "/operator/replicas" in failed.value.stderr
 
 
@@ -194,7 +271,7 @@ def test_without_its_own_identity_and_rbac_the_chart_uses_the_named_account(
 ) -> None:
     sets = ("serviceAccount.create=false", "rbac.create=false", "serviceAccount.name=kaon-ops")
     docs = documents(template(kaon_rig, *sets))
-    assert {d["kind"] for d in docs} == {"ConfigMap", "Service", "Deployment", "ClusterKopfPeering"}
+    assert {d["kind"] for d in docs} == {"ConfigMap", "Service", "Deployment"}
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "kaon-ops"
     (config,) = [d for d in docs if d["metadata"]["name"] == f"{RELEASE}-kubeconfig"]
@@ -226,7 +303,8 @@ def test_no_wildcards_and_no_builtin_admin_roles(kaon_rig: Rig) -> None:
 
 
 def test_secrets_are_readable_only_in_the_release_namespace(kaon_rig: Rig) -> None:
-    docs = documents(template(kaon_rig, "rbac.memberSecretNames={rig-east-kubeconfig}"))
+    sets = ("rbac.memberSecretNames={rig-east-kubeconfig}", "rbac.checkpointStoreSecrets=false")
+    docs = documents(template(kaon_rig, *sets))
     rules = [(d["kind"], r) for d in docs if d["kind"] in RBAC_KINDS for r in d["rules"]]
     secret_rules = [(kind, r) for kind, r in rules if "secrets" in r["resources"]]
     only = {"resourceNames": ["rig-east-kubeconfig"], "verbs": ["get"]}
@@ -244,8 +322,12 @@ def test_the_operator_identity_has_what_it_needs_and_nothing_more(
         ("patch", "computeclusters.kaon.dev", "--subresource=status"),
         ("create", "events", "-n", "team-x"),
         ("get", "secrets/rig-east-kubeconfig", "-n", RELEASE_NAMESPACE),
+        ("get", "secrets", "-n", "team-x"),  # a job's checkpoint-store Secret, by name
+        ("get", "trainingjobs.kaon.dev", "-n", "team-x"),  # read fresh before a launch
         ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
-        ("patch", "clusterkopfpeerings.kopf.dev/kaon"),
+        ("create", "leases.coordination.k8s.io", "-n", RELEASE_NAMESPACE),
+        ("get", "leases.coordination.k8s.io/kaon-operator", "-n", RELEASE_NAMESPACE),
+        ("update", "leases.coordination.k8s.io/kaon-operator", "-n", RELEASE_NAMESPACE),
     ):
         assert can_i(kaon_rig, sa, *allowed), allowed
     for denied in (
@@ -254,9 +336,14 @@ def test_the_operator_identity_has_what_it_needs_and_nothing_more(
         ("patch", "computeclusters.kaon.dev"),
         ("delete", "inferenceservices.kaon.dev", "-n", "team-x"),
         ("list", "secrets", "-n", RELEASE_NAMESPACE),
-        ("get", "secrets", "-n", "default"),
+        ("list", "secrets", "-n", "team-x"),
         ("create", "pods", "-n", "team-x"),  # workloads go to members, never the hub
         ("patch", "clusterkopfpeerings.kopf.dev/someone-else"),
+        ("patch", "clusterkopfpeerings.kopf.dev/kaon"),  # leader election, not peering
+        ("update", "leases.coordination.k8s.io/someone-else", "-n", RELEASE_NAMESPACE),
+        ("delete", "leases.coordination.k8s.io/kaon-operator", "-n", RELEASE_NAMESPACE),
+        ("list", "leases.coordination.k8s.io", "-n", RELEASE_NAMESPACE),
+        ("get", "leases.coordination.k8s.io/kaon-operator", "-n", "default"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("delete", "events", "-n", "team-x"),
     ):
@@ -385,11 +472,41 @@ def set_peer(kaon_rig: Rig, ident: str, entry: dict[str, Any] | None) -> None:
     )
 
 
+@pytest.fixture
+def peering_release(kaon_rig: Rig, operator_kubeconfig: Path) -> Iterator[None]:
+    """The chart's peering variant installed beside the session's release (whose default is
+    leader election): ClusterKopfPeering `kaon` and the peering rules, bound to the same
+    ServiceAccount. The session's release is left as it is: an operator running under it keeps
+    its Lease rules."""
+    release = f"{RELEASE}-peering"
+    sets = (
+        *PEERING,
+        "operator.replicas=0",
+        "serviceAccount.create=false",
+        f"serviceAccount.name={RELEASE}",
+        "rbac.userRole.create=false",
+    )
+    values = [arg for s in sets for arg in ("--set", s)]
+    install = ("upgrade", "--install", release, str(CHART), "-n", RELEASE_NAMESPACE, "--skip-crds")
+    helm(kaon_rig, *install, *values)
+    try:
+        wait_for(
+            lambda: can_i(kaon_rig, SA_USER, "patch", "clusterkopfpeerings.kopf.dev/kaon"),
+            bool,
+            "the peering rules in effect",
+            timeout_s=10,
+        )
+        yield
+    finally:
+        helm(kaon_rig, "uninstall", release, "--namespace", RELEASE_NAMESPACE)
+
+
 def test_a_standby_replica_keeps_its_peering_entry_and_takes_over(
-    kaon_rig: Rig, operator_kubeconfig: Path, tmp_path: Path
+    kaon_rig: Rig, operator_kubeconfig: Path, peering_release: None, tmp_path: Path
 ) -> None:
     """Two replicas: a (fake) active one with a higher priority, and a real `kaon run --peering`
-    as the chart's ServiceAccount, which stands by, then takes over once the active one is gone."""
+    as the chart's ServiceAccount, which stands by, then takes over once the active one is gone.
+    With --peering the Lease is not used."""
     active = "active-replica@test"
     lastseen = datetime.now(UTC).isoformat()
     set_peer(kaon_rig, active, {"priority": 1000, "lifetime": 300, "lastseen": lastseen})
@@ -421,6 +538,7 @@ def test_a_standby_replica_keeps_its_peering_entry_and_takes_over(
         standby.stop()
         set_peer(kaon_rig, active, None)
     assert not standby.rbac_denials()
+    assert "leader election" not in standby.log_path.read_text()
     wait_for(lambda: peers(kaon_rig), lambda p: mine not in p, "its entry removed on exit", 15)
 
 

@@ -10,7 +10,17 @@ from kaon.controllers.trainingjob import UNREACHABLE_RETRY_S
 from kaon.manager import Manager
 
 import apidouble
-from enginekit import NS, World, job_path, on_loop, trainingjob, until
+from enginekit import (
+    NS,
+    MemberSpec,
+    World,
+    cluster_path,
+    compute_cluster,
+    job_path,
+    on_loop,
+    trainingjob,
+    until,
+)
 
 GRACE = {"runPolicy": {"failover": {"graceSeconds": 15}}}
 
@@ -69,9 +79,8 @@ async def test_a_lost_member_moves_its_gang_after_the_grace_and_says_so(world2: 
     moved = world2.pods("east", f"{JOB_LABEL}=j1")
     assert len(moved) == 2
     assert {p["metadata"]["labels"][ATTEMPT_LABEL] for p in moved.values()} == {"1"}
-    env = {
-        e["name"]: e.get("value") for e in next(iter(moved.values()))["spec"]["containers"][0]["env"]
-    }
+    container = next(iter(moved.values()))["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KAON_ATTEMPT"] == "1"
     assert set(world2.pods("west", f"{JOB_LABEL}=j1")) == set(old)  # out of reach meanwhile
 
@@ -205,3 +214,30 @@ async def _ready(manager: Manager, name: str) -> None:
         return member is not None and member.ready and member.swept
 
     await until(ready, f"{name} ready for the second operator")
+
+
+@on_loop
+async def test_a_sweep_keeps_pods_placed_through_another_registration_of_the_same_cluster(
+    world: World,
+) -> None:
+    """One API server registered twice (as the rig's west and west-local are): sweeping the
+    one registration must not take the pods the other placed."""
+    more = compute_cluster(MemberSpec("west-more", labels={"via": "more"}), "west-kubeconfig")
+    world.hub.put(more)
+    stored = world.hub.peek(cluster_path("west-more"))
+    assert stored is not None
+    await world.manager.clusters.object_event("ADDED", stored)
+    await until(lambda: world.is_ready("west-more"), "west-more ready")
+    via_more = {"placement": {"clusterSelector": {"matchLabels": {"via": "more"}}}}
+    world.apply(trainingjob("j1", via_more))
+    await world.reconcile_job("j1")
+    await world.place()
+    assert world.job_status("j1")["placement"]["cluster"] == "west-more"
+    await world.reconcile_job("j1")
+    seen = world.member("west")
+    await until(lambda: len(seen.pods_of((NS, "j1"))) == 2, "the workers seen in west")
+    pods = sorted(world.pods("west", f"{JOB_LABEL}=j1"))
+    assert len(pods) == 2
+    await world.jobs.sweep(world.member("west"))
+    assert sorted(world.pods("west", f"{JOB_LABEL}=j1")) == pods
+    assert not [p for m, p in world.members["west"].writes if m == "DELETE"]

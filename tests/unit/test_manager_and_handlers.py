@@ -31,7 +31,6 @@ from enginekit import (
     until,
 )
 
-
 NAMESPACE_KAON = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kaon-system"}}
 
 

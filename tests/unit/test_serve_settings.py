@@ -57,3 +57,13 @@ def test_the_served_name_comes_from_the_artifact(tmp_path: Path) -> None:
         artifact_name(tmp_path)
     (tmp_path / "model.json").write_text(json.dumps({"name": "digits", "family": "cnn"}))
     assert artifact_name(tmp_path) == "digits"
+
+
+def test_a_model_uri_comes_from_the_flag_or_the_environment() -> None:
+    uri = "s3://kaon/jobs/team/digits/u1/attempt-0/model"
+    assert parse_settings(["--model-dir", "m"], {"KAON_MODEL_URI": uri}).model_uri == uri
+    flag = parse_settings(["--model-dir", "m", "--model-uri", "s3://b/p"], {"KAON_MODEL_URI": uri})
+    assert flag.model_uri == "s3://b/p"
+    assert parse_settings(["--model-dir", "m"], {"KAON_MODEL_URI": ""}).model_uri is None
+    with pytest.raises(SettingsError, match="KAON_MODEL_URI: 'pvc://models/a' is not an s3://"):
+        parse_settings(["--model-dir", "m"], {"KAON_MODEL_URI": "pvc://models/a"})

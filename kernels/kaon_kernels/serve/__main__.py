@@ -1,9 +1,10 @@
 """`python -m kaon_kernels.serve --model-dir DIR`: the V2 inference server (see `settings`).
 
-Listens at once (live; ready answers 503), imports torch and loads the artifact on a thread,
+With `--model-uri s3://...` the artifact is first downloaded into DIR (`fetch`). Then it listens
+at once (live; ready answers 503), imports torch and loads the artifact on a thread,
 warms up at the largest batch, then is ready. SIGTERM or SIGINT: not ready, stop accepting,
-answer the requests in flight, exit 0. Exit 2: bad settings or no artifact; 1: the model
-failed to load.
+answer the requests in flight, exit 0. Exit 2: bad settings or no artifact (also one that cannot
+be downloaded); 1: the model failed to load.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from kaon_kernels.serve.app import App
 from kaon_kernels.serve.batcher import Batcher
+from kaon_kernels.serve.fetch import fetch_model
 from kaon_kernels.serve.load import LoadReporter
 from kaon_kernels.serve.metrics import ServeMetrics
 from kaon_kernels.serve.server import HttpServer
@@ -132,6 +134,9 @@ async def serve(settings: Settings, name: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = parse_settings(argv, os.environ)
+        if settings.model_uri:
+            fetch_model(settings.model_uri, settings.model_dir, os.environ)
+            log(f"fetched {settings.model_uri} into {settings.model_dir}")
         if not (settings.model_dir / "model.pt").is_file():
             raise SettingsError(f"{settings.model_dir}: no model.pt (not a kaon model artifact)")
         name = settings.name or artifact_name(settings.model_dir)

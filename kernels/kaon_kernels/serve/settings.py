@@ -3,6 +3,7 @@
 | flag                   | environment                     | default  |
 |------------------------|---------------------------------|----------|
 | `--model-dir DIR`      | `KAON_MODEL_DIR`                | required |
+| `--model-uri s3://B/P` | `KAON_MODEL_URI`                | none (DIR holds the artifact) |
 | `--name NAME`          | `KAON_MODEL_NAME`               | model.json's name |
 | `--host H`             | `KAON_SERVE_HOST`               | 0.0.0.0  |
 | `--port P`             | `KAON_SERVE_PORT`               | 8080 (0: any free port) |
@@ -29,6 +30,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     model_dir: Path
+    model_uri: str | None = None  # s3://: the artifact is downloaded into model_dir first
     name: str | None = None
     host: str = "0.0.0.0"  # a pod serves on all its interfaces
     port: int = 8080
@@ -82,6 +84,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model-dir", help="the artifact directory (model.pt, model.json); env KAON_MODEL_DIR"
     )
+    p.add_argument(
+        "--model-uri",
+        help="s3://BUCKET/PREFIX of model.pt and model.json, downloaded into --model-dir "
+        "(credentials from the AWS_* variables); env KAON_MODEL_URI",
+    )
     p.add_argument("--name", help="the served model name (model.json's); env KAON_MODEL_NAME")
     p.add_argument("--host", help="address to listen on (0.0.0.0); env KAON_SERVE_HOST")
     for field, (env, _, _low, _high, text) in _NUMBERS.items():
@@ -95,6 +102,10 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     model_dir = args.model_dir or env.get("KAON_MODEL_DIR")
     if not model_dir:
         raise SettingsError("--model-dir (or KAON_MODEL_DIR) is required")
+    model_uri = args.model_uri or env.get("KAON_MODEL_URI") or None
+    if model_uri is not None and not model_uri.startswith("s3://"):
+        source = "--model-uri" if args.model_uri else "KAON_MODEL_URI"
+        raise SettingsError(f"{source}: {model_uri!r} is not an s3://bucket/prefix URI")
     numbers: dict[str, int | float] = {}
     for field, (var, kind, low, high, _) in _NUMBERS.items():
         flag = "--" + field.replace("_", "-")
@@ -113,6 +124,7 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
         numbers[field] = value
     return Settings(
         model_dir=Path(model_dir),
+        model_uri=model_uri,
         name=args.name or env.get("KAON_MODEL_NAME") or None,
         host=args.host or env.get("KAON_SERVE_HOST") or Settings.host,
         **numbers,  # type: ignore[arg-type]

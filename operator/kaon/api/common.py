@@ -83,6 +83,14 @@ def conditions_field(description: str) -> Any:
     )
 
 
+class StoreSecretRef(Spec):
+    """A Secret in the object's namespace on the hub with an S3 store's credentials, under the
+    keys accessKeyId and secretAccessKey, and optionally endpoint (for S3-compatible servers)
+    and region. kaon copies it to each member cluster that runs the object's pods."""
+
+    name: DNSLabel = Field(description="Name of the Secret.")
+
+
 class LabelSelectorRequirement(Spec):
     """One requirement of a label selector."""
 

@@ -8,10 +8,12 @@ from pydantic import Field
 from pydantic.config import JsonDict
 
 from kaon.api.common import (
+    S3_URI_PATTERN,
     Condition,
     DNSLabel,
     LabelSelector,
     ShortString,
+    StoreSecretRef,
     conditions_field,
 )
 from kaon.api.trainingjob import PoolPreference, WorkerResources
@@ -19,6 +21,7 @@ from kaon_kernels.config import Spec, rule
 
 DEFAULT_OBJECT: JsonDict = {"default": {}}
 PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?$"
+MODEL_URI_PATTERN = f"{PVC_URI_PATTERN}|{S3_URI_PATTERN}"
 
 
 class TrainingJobRef(Spec):
@@ -33,13 +36,38 @@ class ModelSource(Spec):
     training_job_ref: TrainingJobRef | None = Field(
         default=None,
         description="Serve what this TrainingJob saved; it must have succeeded with "
-        "spec.checkpoint.claimName set (the artifact lives on that claim).",
+        "spec.checkpoint.claimName or location set (the artifact lives on that claim or in "
+        "that store, read with the job's secretRef).",
     )
-    uri: Annotated[str, Field(max_length=253, pattern=PVC_URI_PATTERN)] | None = Field(
+    uri: Annotated[str, Field(max_length=253, pattern=MODEL_URI_PATTERN)] | None = Field(
         default=None,
         description="pvc://CLAIM/PATH: a kaon model artifact directory on a "
-        "PersistentVolumeClaim, mounted read-only by each replica.",
+        "PersistentVolumeClaim, mounted read-only by each replica; or s3://BUCKET/PREFIX: "
+        "the prefix holding model.pt and model.json, which each replica downloads.",
     )
+    secret_ref: StoreSecretRef | None = Field(
+        default=None, description="Credentials of the store of an s3:// uri."
+    )
+
+    @property
+    def in_store(self) -> bool:
+        return bool(self.uri and self.uri.startswith("s3://"))
+
+    @rule(
+        "!has(self.uri) || !self.uri.startsWith('s3://') || has(self.secretRef)",
+        "an s3:// uri needs secretRef",
+        ".secretRef",
+    )
+    def _store_needs_credentials(self) -> bool:
+        return not self.in_store or self.secret_ref is not None
+
+    @rule(
+        "!has(self.secretRef) || (has(self.uri) && self.uri.startsWith('s3://'))",
+        "secretRef is for an s3:// uri (a trainingJobRef's model is read with the job's)",
+        ".secretRef",
+    )
+    def _credentials_for_a_store(self) -> bool:
+        return self.secret_ref is None or self.in_store
 
     @rule(
         "has(self.trainingJobRef) != has(self.uri)",
@@ -184,10 +212,18 @@ class CanaryStatus(Spec):
 
 
 class ResolvedModel(Spec):
-    """The artifact a revision serves."""
+    """The artifact a revision serves: a directory on a claim, or a prefix in an S3 store."""
 
-    claim: ShortString = Field(description="The PersistentVolumeClaim holding it.")
+    claim: ShortString | None = Field(
+        default=None, description="The PersistentVolumeClaim holding it (pvc://)."
+    )
     path: ShortString = Field(default="", description="The artifact's directory on the claim.")
+    uri: ShortString | None = Field(
+        default=None, description="s3://BUCKET/PREFIX of its model.pt and model.json."
+    )
+    secret_ref: StoreSecretRef | None = Field(
+        default=None, description="The hub Secret with the credentials of the store at uri."
+    )
 
 
 class InferenceServiceStatus(Spec):

@@ -16,6 +16,7 @@ from kaon.api.common import (
     Memory,
     S3Uri,
     ShortString,
+    StoreSecretRef,
     conditions_field,
 )
 from kaon_kernels.config import DataConfig, ModelConfig, Spec, TrainingConfig, cel, rule
@@ -74,14 +75,6 @@ class Placement(Spec):
     cluster_selector: LabelSelector | None = Field(
         default=None, description="Only member clusters whose ComputeCluster labels match."
     )
-
-
-class StoreSecretRef(Spec):
-    """A Secret in the job's namespace on the hub with the store's credentials, under the keys
-    accessKeyId and secretAccessKey, and optionally endpoint (for S3-compatible servers) and
-    region. kaon copies it to the member the gang runs on."""
-
-    name: DNSLabel = Field(description="Name of the Secret.")
 
 
 class Checkpointing(Spec):

@@ -36,6 +36,11 @@ def store_secret_name(job: str) -> str:
     return f"{job}-checkpoint-store"
 
 
+def model_secret_name(service: str, revision: str) -> str:
+    """The member's copy of the credentials of the store a service's revision is read from."""
+    return f"{service}-{revision}-model-store"
+
+
 def checkpoint_uri(location: str, namespace: str, job: str, uid: str) -> str:
     """The job's own prefix in the store: a job made again under the same name starts afresh."""
     return f"{location.rstrip('/')}/{namespace}/{job}/{uid}"

@@ -21,6 +21,7 @@ from kaon.api.names import (
     REVISION_LABEL,
 )
 from kaon.api.settings import Settings
+from kaon.builders.names import model_secret_name
 from kaon.builders.worker import (
     POD_SECURITY,
     RESTRICTED,
@@ -28,6 +29,8 @@ from kaon.builders.worker import (
     WORKER_IDENTITY,
     Obj,
     pod_resources,
+    secret_copy,
+    store_env,
 )
 
 Revision = Literal["stable", "canary"]
@@ -67,8 +70,29 @@ def _probe(path: str, period_s: int, failures: int) -> Obj:
     }
 
 
+def model_secret(ref: ServiceRef, revision: Revision, data: dict[str, str]) -> Obj:
+    """The member's copy of the credentials of the store the revision's model is read from."""
+    name = model_secret_name(ref.name, revision)
+    return secret_copy(name, ref.namespace, _labels(ref, revision), data)
+
+
+def _model_volume(model: ResolvedModel) -> Obj:
+    """The claim, mounted read-only; for a model in a store, the directory it is fetched to."""
+    if model.claim:
+        return {
+            "name": "model",
+            "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True},
+        }
+    return {"name": "model", "emptyDir": {}}
+
+
 def _container(
-    ref: ServiceRef, spec: InferenceServiceSpec, model: ResolvedModel, gpus: int, s: Settings
+    ref: ServiceRef,
+    revision: Revision,
+    spec: InferenceServiceSpec,
+    model: ResolvedModel,
+    gpus: int,
+    s: Settings,
 ) -> Obj:
     env: list[Obj] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -79,6 +103,9 @@ def _container(
     ]
     if not gpus:
         env.append({"name": "KAON_DEVICE", "value": "cpu"})
+    if model.uri:
+        env.append({"name": "KAON_MODEL_URI", "value": model.uri})
+        env += store_env(model_secret_name(ref.name, revision))
     return {
         "name": "server",
         "image": s.runtime_image,
@@ -86,7 +113,7 @@ def _container(
         "command": ["python", "-m", "kaon_kernels.serve"],
         "args": [
             "--model-dir",
-            f"{MODEL_STORE}/{model.path}".rstrip("/"),
+            f"{MODEL_STORE}/{model.path}".rstrip("/") if model.claim else MODEL_STORE,
             "--name",
             ref.name,
             "--host",
@@ -102,12 +129,13 @@ def _container(
         "ports": [{"name": "http", "containerPort": SERVER_PORT}],
         "resources": pod_resources(spec.resources, gpus),
         "securityContext": RESTRICTED,
-        # Loading torch and the model takes a while on a cold node: up to two minutes.
+        # Fetching the model (from a store), loading torch and the model take a while on a
+        # cold node: up to two minutes.
         "startupProbe": _probe("/v2/health/live", 2, 60),
         "readinessProbe": _probe("/v2/health/ready", 2, 2),
         "livenessProbe": _probe("/v2/health/live", 10, 3),
         "volumeMounts": [
-            {"name": "model", "mountPath": MODEL_STORE, "readOnly": True},
+            {"name": "model", "mountPath": MODEL_STORE, "readOnly": bool(model.claim)},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
@@ -153,14 +181,10 @@ def deployment(
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": POD_SECURITY,
-                    "containers": [_container(ref, spec, model, gpus_per_replica, settings)],
-                    "volumes": [
-                        {
-                            "name": "model",
-                            "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True},
-                        },
-                        {"name": "tmp", "emptyDir": {}},
+                    "containers": [
+                        _container(ref, revision, spec, model, gpus_per_replica, settings)
                     ],
+                    "volumes": [_model_volume(model), {"name": "tmp", "emptyDir": {}}],
                 },
             },
         },

@@ -107,7 +107,7 @@ def _env(job: JobRef, spec: TrainingJobSpec, attempt: int, rank: int, s: Setting
     return env
 
 
-# The store's credentials as boto3 reads them, from the member's copy of the job's Secret.
+# The store's credentials as boto3 reads them, from the member's copy of a hub Secret.
 STORE_ENV = (
     ("AWS_ACCESS_KEY_ID", "accessKeyId", False),
     ("AWS_SECRET_ACCESS_KEY", "secretAccessKey", False),
@@ -116,37 +116,40 @@ STORE_ENV = (
 )
 
 
+def store_env(secret: str) -> list[Obj]:
+    """The AWS_* variables, read from `secret`, the member's copy of the store credentials."""
+    return [
+        {
+            "name": var,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}},
+        }
+        for var, key, optional in STORE_ENV
+    ]
+
+
 def _store_env(job: JobRef, spec: TrainingJobSpec) -> list[Obj]:
     location = spec.checkpoint.location
     if not location:
         return []
-    secret = store_secret_name(job.name)
     uri = checkpoint_uri(location, job.namespace, job.name, job.uid)
-    return [
-        {"name": "KAON_CHECKPOINT_URI", "value": uri},
-        *(
-            {
-                "name": var,
-                "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}},
-            }
-            for var, key, optional in STORE_ENV
-        ),
-    ]
+    return [{"name": "KAON_CHECKPOINT_URI", "value": uri}, *store_env(store_secret_name(job.name))]
 
 
-def store_secret(job: JobRef, data: dict[str, str]) -> Obj:
-    """The member's copy of the store credentials (base64 values, as read from the hub)."""
+def secret_copy(name: str, namespace: str, labels: dict[str, str], data: dict[str, str]) -> Obj:
+    """A member's copy of store credentials (base64 values, as read from the hub)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {
-            "name": store_secret_name(job.name),
-            "namespace": job.namespace,
-            "labels": {MANAGED_BY: MANAGER, JOB_LABEL: job.name, JOB_UID_LABEL: job.uid},
-        },
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "data": data,
     }
+
+
+def store_secret(job: JobRef, data: dict[str, str]) -> Obj:
+    """The job's copy of its checkpoint store's credentials."""
+    labels = {MANAGED_BY: MANAGER, JOB_LABEL: job.name, JOB_UID_LABEL: job.uid}
+    return secret_copy(store_secret_name(job.name), job.namespace, labels, data)
 
 
 def pod_resources(resources: WorkerResources, gpus: int) -> Obj:

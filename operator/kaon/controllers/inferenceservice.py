@@ -8,6 +8,7 @@ all end in `reconcile(key)`; the decisions are the pure functions of `placement`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,14 @@ from kaon.api.inferenceservice import (
 )
 from kaon.api.names import FINALIZER, LOAD_ANNOTATION, REVISION_LABEL, ObjectKey, key_of
 from kaon.api.settings import Settings
-from kaon.builders.server import Revision, ServiceRef, deployment, service, service_url
+from kaon.builders.server import (
+    Revision,
+    ServiceRef,
+    deployment,
+    model_secret,
+    service,
+    service_url,
+)
 from kaon.clusters.client import KubeClient, Obj
 from kaon.clusters.member import Member
 from kaon.controllers.base import Reconciler
@@ -34,6 +42,7 @@ from kaon.engine.clock import Clock, seconds_since
 from kaon.engine.fleet import Fleet
 from kaon.engine.workqueue import WorkQueue
 from kaon.lifecycle import serving
+from kaon.lifecycle.conditions import find_condition, with_condition
 from kaon.lifecycle.models import JobFacts, ModelProblem, resolve_model
 from kaon.placement import HealthHistory, Placed, Reservation, place_service, replica_demand
 from kaon.placement.demand import held_by_replicas
@@ -43,6 +52,7 @@ PLURAL = "inferenceservices"
 KIND = "InferenceService"
 RESYNC_S = 3.0  # load reports, capacity and member health are looked at this often
 RETRY_S = 2.0
+STORE_SECRET_INVALID = "StoreSecretInvalid"
 
 
 @dataclass(slots=True)
@@ -53,6 +63,18 @@ class ServiceMemory:
     # Replicas decided per (cluster, pool, GPUs per replica): held by admission until bound.
     wanted: dict[tuple[str, str, int], int] = field(default_factory=dict)
     spec: InferenceServiceSpec | None = None
+    store_problem: str = ""  # the last Secret copy problem reported in an Event
+
+
+def _secret_field(spec: InferenceServiceSpec, revision: Revision) -> str:
+    """The field that names the store Secret a revision's model is read with."""
+    if revision == "canary" and spec.canary is not None:
+        source, field = spec.canary.model, "spec.canary.model"
+    else:
+        source, field = spec.model, "spec.model"
+    if source.training_job_ref is not None:
+        return f"spec.checkpoint.secretRef of TrainingJob {source.training_job_ref.name}"
+    return f"{field}.secretRef"
 
 
 def _is_ready(pod: Obj) -> bool:
@@ -231,8 +253,9 @@ class InferenceServiceController(Reconciler):
             stable_n, canary_n = serving.canary_split(replicas, canary_percent or 0)
             memory.wanted[(slot.cluster, slot.pool, slot.gpus_per_replica)] = stable_n + canary_n
             splits.append((slot, stable_n, canary_n))
+        problems: list[str] = []
         views = [
-            await self._apply_cluster(memory, ref, spec, model, canary_model, *split)
+            await self._apply_cluster(memory, ref, spec, model, canary_model, problems, *split)
             for split in splits
         ]
         short = plan.shortfall
@@ -240,8 +263,29 @@ class InferenceServiceController(Reconciler):
         new = serving.serving(
             status, gen, now, model, views, shortfall, desired, scaled_at, canary_percent
         )
+        new = await self._store_problems(body, memory, new, problems, gen, now)
         await self.write_status(body, new, status)
         return None
+
+    async def _store_problems(
+        self,
+        body: Obj,
+        memory: ServiceMemory,
+        new: InferenceServiceStatus,
+        problems: list[str],
+        gen: int,
+        now: str,
+    ) -> InferenceServiceStatus:
+        """A store Secret that could not be copied keeps its revision's Deployment from being
+        written: said once in an Event, and in Ready unless replicas are ready anyway."""
+        message = "; ".join(dict.fromkeys(problems))
+        if message and message != memory.store_problem:
+            await self.event(body, "Warning", STORE_SECRET_INVALID, message)
+        memory.store_problem = message
+        ready = find_condition(new.conditions, "Ready")
+        if not message or (ready is not None and ready.status == "True"):
+            return new
+        return with_condition(new, "Ready", False, STORE_SECRET_INVALID, message, gen, now)
 
     async def _apply_cluster(
         self,
@@ -250,6 +294,7 @@ class InferenceServiceController(Reconciler):
         spec: InferenceServiceSpec,
         model: ResolvedModel,
         canary_model: ResolvedModel | None,
+        problems: list[str],
         slot: serving.Slot,
         stable_n: int,
         canary_n: int,
@@ -267,6 +312,9 @@ class InferenceServiceController(Reconciler):
             ("canary", canary_model, canary_n),
         ]
         for revision, source, n in revisions:
+            copy = model_secret(ref, revision, {})
+            if not (source and source.uri) and self.ops.has(member, memory.applied, copy):
+                await self.ops.delete(member, memory.applied, copy)
             if source is None:
                 gone = deployment(ref, revision, spec, model, pool, 0, 0, self.settings)
                 present = revision in self._revisions_present(member, key)
@@ -276,6 +324,18 @@ class InferenceServiceController(Reconciler):
             obj = deployment(
                 ref, revision, spec, source, pool, slot.gpus_per_replica, n, self.settings
             )
+            if source.secret_ref is not None:
+                problem = await self.ops.copy_secret(
+                    member,
+                    memory.applied,
+                    source.secret_ref.name,
+                    _secret_field(spec, revision),
+                    functools.partial(model_secret, ref, revision),
+                    obj,
+                )
+                if problem:
+                    problems.append(f"cluster {member.name}: {problem}")
+                    continue
             await self.ops.apply(member, memory.applied, obj)
         ready = {"stable": 0, "canary": 0}
         for pod in member.replicas_of(key).values():
@@ -301,11 +361,14 @@ class InferenceServiceController(Reconciler):
         return resolve_model(source, job)
 
     def _home_cluster(self, namespace: str, source: ModelSource) -> str | None:
-        """The cluster whose claim holds a TrainingJob's artifact: the first to serve it."""
+        """The cluster whose claim holds a TrainingJob's artifact: the first to serve it (an
+        artifact in an S3 store has none: every member reads it alike)."""
         if source.training_job_ref is None:
             return None
         job = self.job_facts(namespace, source.training_job_ref.name)
-        placement = job[1].placement if job else None
+        if job is None or not job[0].checkpoint.claim_name:
+            return None
+        placement = job[1].placement
         return placement.cluster if placement else None
 
     def _first_slot(self, key: ObjectKey, spec: InferenceServiceSpec, home: str) -> list[Placed]:

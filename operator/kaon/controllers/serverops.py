@@ -5,23 +5,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
+from typing import get_args
 
 from kaon.api.names import ObjectKey
-from kaon.builders.names import service_selector
+from kaon.builders.names import model_secret_name, service_selector
+from kaon.builders.server import Revision
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
 from kaon.clusters.member import Member
+from kaon.controllers.stores import copy_store_secret
 from kaon.engine.fleet import Fleet
 
 log = logging.getLogger(__name__)
 DEPLOYMENTS = ("apps/v1", "deployments")
+PLURALS = {"Deployment": "deployments", "Service": "services", "Secret": "secrets"}
+COPIED = "copied"  # what `Applied` records for a Secret copy (its data is the hub's)
 
 
 def _path(obj: Obj) -> str:
     meta = obj["metadata"]
-    api_version = obj["apiVersion"]
-    plural = "deployments" if obj["kind"] == "Deployment" else "services"
-    return f"{paths.collection(api_version, plural, meta['namespace'])}/{meta['name']}"
+    plural = PLURALS[obj["kind"]]
+    return f"{paths.collection(obj['apiVersion'], plural, meta['namespace'])}/{meta['name']}"
 
 
 def _digest(obj: Obj) -> str:
@@ -56,6 +61,28 @@ class ServerOps:
         await member.client.delete_if_present(path)
         applied.pop((member.name, path), None)
 
+    async def copy_secret(
+        self,
+        member: Member,
+        applied: Applied,
+        source: str,
+        where: str,
+        build: Callable[[dict[str, str]], Obj],
+        user: Obj,
+    ) -> str | None:
+        """Copy the hub's Secret `source` into the member as `build(data)` for the Deployment
+        `user`: when this operator has not copied it there yet, or before `user` changes (so a
+        rollout also takes in new credentials); why not, if it cannot be."""
+        copy = build({})
+        where_copy = (member.name, _path(copy))
+        if where_copy in applied and applied.get((member.name, _path(user))) == _digest(user):
+            return None
+        namespace = copy["metadata"]["namespace"]
+        problem = await copy_store_secret(self.fleet.hub, member, namespace, source, where, build)
+        if problem is None:
+            applied[where_copy] = COPIED
+        return problem
+
     @staticmethod
     def has(member: Member, applied: Applied, obj: Obj) -> bool:
         """Whether this operator applied that object in the member (and has not deleted it)."""
@@ -67,7 +94,8 @@ class ServerOps:
         return {cluster for cluster, _ in applied}
 
     async def remove_all(self, key: ObjectKey, cluster: str, applied: Applied) -> bool:
-        """Delete the service's Deployments and Service in the cluster; False if not yet done."""
+        """Delete the service's Deployments, Service and Secret copies in the cluster; False if
+        not yet done."""
         member, done = self.fleet.cleanup_member(cluster)
         if member is None:
             return done
@@ -77,6 +105,10 @@ class ServerOps:
         try:
             await member.client.delete(deployments, labelSelector=selector)
             await member.client.delete_if_present(f"{paths.services(ns)}/{name}")
+            for revision in get_args(Revision):
+                await member.client.delete_if_present(
+                    paths.secret(ns, model_secret_name(name, revision))
+                )
             left = await member.client.get(deployments, labelSelector=selector)
         except ApiError as exc:
             log.info("cleanup of service %s/%s in %s: %s", ns, name, cluster, exc)

@@ -134,7 +134,9 @@ class TrainingJobController(Reconciler):
                 if body is None:
                     continue
                 _, status = self._parsed(body)
-                here = status.placement is not None and status.placement.cluster == member.name
+                here = status.placement is not None and self.fleet.same_cluster(
+                    status.placement.cluster, member.name
+                )
                 attempt = str(status.attempt)
                 stale = [
                     name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from kaon.api.names import ATTEMPT_LABEL, MANAGED_BY, MANAGER, ObjectKey
@@ -10,7 +11,6 @@ from kaon.api.settings import Settings
 from kaon.api.trainingjob import JobPlacement, TrainingJobSpec
 from kaon.builders.names import job_selector, service_name, store_secret_name
 from kaon.builders.worker import (
-    STORE_ENV,
     JobRef,
     rendezvous_service,
     store_secret,
@@ -20,6 +20,7 @@ from kaon.builders.worker import (
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
 from kaon.clusters.member import Member
+from kaon.controllers.stores import copy_store_secret
 from kaon.engine.fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,13 @@ class WorkerOps:
         try:
             await self.ensure_namespace(member, job.namespace)
             if spec.checkpoint.secret_ref is not None:
-                problem = await self._copy_store_secret(
-                    member, job, spec.checkpoint.secret_ref.name
+                problem = await copy_store_secret(
+                    self.fleet.hub,
+                    member,
+                    job.namespace,
+                    spec.checkpoint.secret_ref.name,
+                    "spec.checkpoint.secretRef",
+                    functools.partial(store_secret, job),
                 )
                 if problem:
                     return problem
@@ -86,29 +92,6 @@ class WorkerOps:
                 return f"cluster {member.name}: pod {pod['metadata']['name']}: {result.message}"
             if isinstance(result, BaseException) and not isinstance(result, ApiError):
                 raise result
-        return None
-
-    async def _copy_store_secret(self, member: Member, job: JobRef, name: str) -> str | None:
-        """The hub's Secret of spec.checkpoint.secretRef, copied into the member (its keys
-        the runtime reads only); why not, if it cannot be."""
-        where = f"Secret {job.namespace}/{name} (spec.checkpoint.secretRef)"
-        try:
-            secret = await self.fleet.hub.get(paths.secret(job.namespace, name))
-        except ApiError as exc:
-            return f"{where} does not exist" if exc.not_found else f"{where}: {exc}"
-        data = secret.get("data") or {}
-        keys = [key for _, key, _ in STORE_ENV]
-        missing = [k for _, k, optional in STORE_ENV if not optional and not data.get(k)]
-        if missing:
-            return f"{where} has no {' and no '.join(missing)}"
-        copy = store_secret(job, {k: data[k] for k in keys if data.get(k)})
-        path = paths.secret(job.namespace, store_secret_name(job.name))
-        try:
-            await member.client.request("PUT", path, body=copy, answer=False)
-        except ApiError as exc:
-            if not exc.not_found:
-                raise
-            await member.client.create(paths.secrets(job.namespace), copy, answer=False)
         return None
 
     async def delete_pods(self, member: Member, ns: str, names: list[str]) -> None:

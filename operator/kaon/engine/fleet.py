@@ -25,6 +25,9 @@ from kaon.placement import PoolOffer, Reservation
 from kaon.placement.filters import gang_assignment
 
 log = logging.getLogger(__name__)
+# Connections to one member: each open TLS connection holds a 256 KiB read buffer, and on this
+# machine kind 32 at once already keep a member's API server busy (tests/bench/controlplane.py).
+MEMBER_CONNECTIONS = 32
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Fleet:
     on_job_pods: Callable[[ObjectKey], None]
     on_capacity: Callable[[str], None]
     on_service_pods: Callable[[ObjectKey], None] = lambda key: None
-    connect: Callable[[Mapping[str, Any]], KubeClient] = KubeClient  # a member's client
+    connect: Callable[..., KubeClient] = KubeClient  # a member's client (kubeconfig, **options)
     clusters: dict[str, Registered] = field(default_factory=dict)
     on_health: Callable[[str], None] = lambda name: None
     monotonic: Callable[[], float] = time.monotonic
@@ -77,7 +80,8 @@ class Fleet:
             return
         await self._stop(reg)
         try:
-            client, heartbeat = self.connect(kubeconfig), self.connect(kubeconfig)
+            client = self.connect(kubeconfig, max_connections=MEMBER_CONNECTIONS)
+            heartbeat = self.connect(kubeconfig, max_connections=1)
         except Exception as exc:  # a kubeconfig the client library cannot use
             reg.problem = ("BadCredentials", f"the kubeconfig cannot be used: {exc}")
             return
@@ -151,6 +155,14 @@ class Fleet:
     def member(self, name: str) -> Member | None:
         reg = self.clusters.get(name)
         return reg.member if reg else None
+
+    def same_cluster(self, a: str, b: str) -> bool:
+        """Whether two ComputeClusters reach the same API server (pools of one cluster may be
+        registered as several ComputeClusters, as the rig's west and west-local are)."""
+        if a == b:
+            return True
+        ma, mb = self.member(a), self.member(b)
+        return ma is not None and mb is not None and ma.client.server == mb.client.server
 
     def cleanup_member(self, cluster: str) -> tuple[Member | None, bool]:
         """(the member to remove objects from, or None; if None: whether that is done).

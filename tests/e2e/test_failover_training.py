@@ -1,0 +1,148 @@
+"""A CNN that really trains, with its checkpoints in the rig's S3 server, survives the loss of
+its member: stopped for real, the gang moves to the other member's process-agent pool, resumes
+from the last committed checkpoint and ends with the same accuracy bar as an uninterrupted run."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from kubernetes import client
+
+from kaon_rig import agents, paths, rig, s3
+
+from kaonrig import REPO, Jobs, Rig, kubectl, register_cluster, wait_event, wait_for
+
+EXAMPLES = REPO / "examples"
+TRAIN_TIMEOUT_S = 480.0
+MEMBER_OF = {"east-local": "east", "west-local": "west"}
+
+
+@pytest.fixture(scope="module")
+def local_pools(kaon_rig: Rig, kaon_operator: Any) -> Iterator[list[str]]:
+    """Both process-agent pools, registered with kubectl apply; unregistered afterwards."""
+    nodes = agents.agent_nodes(kaon_rig.config)
+    assert ("east", "east-local-0") in nodes and ("west", "west-local-0") in nodes
+    names = []
+    for example in ("local.yaml", "local-east.yaml"):
+        kubectl(kaon_rig, "apply", "-f", str(EXAMPLES / "clusters" / example))
+        names.append(register_cluster(kaon_rig, EXAMPLES / "clusters" / example))
+    yield names
+    for name in names:
+        kubectl(kaon_rig, "delete", "computecluster", name, "--wait=true")
+
+
+def store_secret(kaon_rig: Rig, namespace: str) -> dict[str, str]:
+    """The rig's Secret kaon-s3, copied into the job's namespace as a user would."""
+    core = kaon_rig.core("hub")
+    found = core.read_namespaced_secret(s3.SECRET_NAME, s3.SECRET_NAMESPACE)
+    copy = client.V1Secret(metadata=client.V1ObjectMeta(name=s3.SECRET_NAME), data=found.data)
+    core.create_namespaced_secret(namespace, copy)
+    return {k: base64.b64decode(v).decode() for k, v in (found.data or {}).items()}
+
+
+def manifest_step(secret: dict[str, str], job: dict[str, Any]) -> int:
+    """The step of the job's newest committed checkpoint (0: none yet)."""
+    return int(manifest(secret, job).get("step", 0))
+
+
+def manifest(secret: dict[str, str], job: dict[str, Any]) -> dict[str, Any]:
+    """The job's committed manifest in the store ({} before the first commit)."""
+    meta = job["metadata"]
+    key = f"checkpoints/{meta['namespace']}/{meta['name']}/{meta['uid']}/manifest.json"
+    s3c = boto3.client(
+        "s3",
+        endpoint_url=secret["endpoint"],
+        region_name=secret["region"],
+        aws_access_key_id=secret["accessKeyId"],
+        aws_secret_access_key=secret["secretAccessKey"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    try:
+        body = s3c.get_object(Bucket=s3.BUCKET, Key=key)["Body"].read()
+    except s3c.exceptions.NoSuchKey:
+        return {}
+    record: dict[str, Any] = json.loads(body)
+    return record
+
+
+def test_a_real_cnn_moves_to_the_other_members_processes_and_resumes(
+    kaon_rig: Rig, jobs: Jobs, namespace: str, local_pools: list[str]
+) -> None:
+    secret = store_secret(kaon_rig, namespace)
+    example = EXAMPLES / "trainingjobs" / "cnn-digits-s3.yaml"
+    kubectl(kaon_rig, "apply", "-n", namespace, "-f", str(example))
+    name = "cnn-digits-s3"
+    job = jobs.wait(
+        namespace,
+        name,
+        lambda j: (
+            (j.get("status") or {}).get("state") == "Running" and manifest_step(secret, j) >= 40
+        ),
+        "running, two checkpoints committed",
+        TRAIN_TIMEOUT_S,
+    )
+    first = job["status"]["placement"]["cluster"]
+    assert first in local_pools
+    committed = manifest_step(secret, job)
+    rig.stop_cluster(MEMBER_OF[first])
+    try:
+        moved = jobs.wait(
+            namespace,
+            name,
+            lambda j: (
+                (j.get("status") or {}).get("placement", {}).get("cluster") not in (None, first)
+            ),
+            "placed on the other member",
+            120,
+        )
+    finally:
+        rig.start_cluster(MEMBER_OF[first])
+    second = moved["status"]["placement"]["cluster"]
+    assert second in local_pools and second != first
+    done = jobs.wait(
+        namespace,
+        name,
+        lambda j: (j.get("status") or {}).get("state") in ("Succeeded", "Failed"),
+        "finished",
+        TRAIN_TIMEOUT_S,
+    )
+    status = done["status"]
+    assert status["state"] == "Succeeded", status
+    assert (status["attempt"], status["failovers"], status["restarts"]) == (1, 1, 0)
+    assert status["placement"]["cluster"] == second
+    # No step lost beyond the last checkpoint: the new attempt resumed at (or after, if the old
+    # processes committed once more before the new one started) the step committed at the stop.
+    assert status["progress"]["resumedFromStep"] >= committed > 0
+    assert status["metrics"]["accuracy"] >= 0.95  # cnn-digits' bar uninterrupted
+    artifact = status["artifact"]
+    assert artifact.startswith("s3://kaon/checkpoints/") and artifact.endswith("attempt-1/model")
+    events = wait_event(kaon_rig, namespace, "TrainingJob", name, "FailedOver")
+    message = next(m for _, r, m in events if r == "FailedOver")
+    assert f"from cluster {first} (lost) to cluster {second}" in message
+    # The old attempt's processes ran on while their member was away: fenced off by the store.
+    old_log = (
+        next(
+            (paths.agent_dir(f"{MEMBER_OF[first]}-local-0") / "pods").glob(
+                f"{namespace}_{name}-a0-w0_*"
+            )
+        )
+        / "runtime.log"
+    )
+    text = old_log.read_text()
+    assert "final parameters" not in text, text[-800:]  # it never finished nor published
+    assert manifest(secret, done)["attempt"] == 1
+    # Back, the old member loses the old attempt's pods.
+    core = kaon_rig.core(MEMBER_OF[first])
+    selector = f"kaon.dev/job-name={name}"
+    wait_for(
+        lambda: core.list_namespaced_pod(namespace, label_selector=selector).items,
+        lambda pods: all(p.metadata.deletion_timestamp for p in pods),
+        "the old attempt's pods removed",
+        120,
+    )
