@@ -399,14 +399,14 @@ BOUND_CASES = [
         "TrainingJob",
         JOB | {"checkpoint": {"location": "gs://kaon/jobs", "secretRef": {"name": "kaon-s3"}}},
         "spec.checkpoint.location",
-        "should match pattern",
+        "should match",
     ),
     Case(
         "a model uri that is neither pvc nor s3",
         "InferenceService",
         {"model": {"uri": "gs://kaon/models/digits"}},
         "spec.model.uri",
-        "should match pattern",
+        "should match",
     ),
     Case(
         "negative backoff",

@@ -192,8 +192,8 @@ INVALID_SERVICES = [
     ),
     ("no model source", {"model": {}}, "spec.model.uri", "set exactly one of"),
     (
-        "uri not on a claim",
-        {"model": {"uri": "s3://bucket/digits"}},
+        "uri neither on a claim nor in a store",
+        {"model": {"uri": "https://bucket/digits"}},
         "spec.model.uri",
         "should match",
     ),
