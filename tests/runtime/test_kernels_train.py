@@ -118,7 +118,9 @@ def test_resume_continues_the_step_counter_and_matches_an_uninterrupted_run(
     assert code == 0
     lines = progress_lines(stdout)
     steps = [line["step"] for line in lines]
-    assert steps[0] > 23 and steps[-1] == 46
+    # The first line says at once where training resumed; the ones after count on from there.
+    assert steps[0] == 23 and lines[0]["loss"] is None
+    assert steps[1] > 23 and steps[-1] == 46
     assert {line["resumedFromStep"] for line in lines} == {23}
 
     # Same spec in one go: resuming is exact (seeded data order and per-step dropout seeds).

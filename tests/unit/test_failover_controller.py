@@ -143,6 +143,67 @@ async def test_a_job_whose_cluster_is_unregistered_moves_at_once(world2: World) 
     assert status["state"] == "Waiting" and status["failedOverFrom"] == "west"
 
 
+async def second_operator(world: World) -> Manager:
+    """Another operator on the same hub and members (its own caches), already acting."""
+    other = Manager(
+        world.hub,
+        world.hub.kubeconfig(),
+        world.settings,
+        clock=world.clock,
+        connect=apidouble.connect,
+    )
+    await other.clusters.activate()
+    return other
+
+
+async def successor_with_job(world: World, name: str) -> Manager:
+    """A second operator that has seen the job but no ComputeCluster yet."""
+    successor = await second_operator(world)
+    body = world.hub.peek(job_path(name))
+    assert body is not None
+    successor.jobs.object_event("ADDED", body)
+    return successor
+
+
+@on_loop
+async def test_an_operator_that_has_not_listed_the_cluster_yet_does_not_move_its_gang(
+    world2: World,
+) -> None:
+    """A successor (restart or takeover) may reconcile a job before the ComputeCluster event
+    arrives: not being listed yet is not being gone, so the grace counts from its start."""
+    workers = await running_on_west(world2)
+    successor = await successor_with_job(world2, "j1")
+    try:
+        wait = await successor.jobs.reconcile((NS, "j1"))
+        assert wait is not None and world2.job_status("j1")["attempt"] == 0
+        west = world2.hub.peek(cluster_path("west"))
+        assert west is not None
+        await successor.clusters.object_event("ADDED", west)
+        await _ready(successor, "west")
+        world2.clock.advance(60)
+        await successor.jobs.reconcile((NS, "j1"))
+    finally:
+        await successor.stop()
+    status = world2.job_status("j1")
+    assert (status["state"], status["attempt"], status.get("failovers", 0)) == ("Running", 0, 0)
+    assert sorted(world2.pods("west", f"{JOB_LABEL}=j1")) == workers
+
+
+@on_loop
+async def test_a_cluster_never_listed_after_a_start_moves_its_gang_after_the_grace(
+    world2: World,
+) -> None:
+    await running_on_west(world2)
+    successor = await successor_with_job(world2, "j1")
+    try:
+        world2.clock.advance(15)
+        assert await successor.jobs.reconcile((NS, "j1")) is None
+    finally:
+        await successor.stop()
+    status = world2.job_status("j1")
+    assert status["state"] == "Waiting" and status["failedOverFrom"] == "west"
+
+
 @on_loop
 async def test_the_heartbeat_renews_a_lease_in_each_member(world2: World) -> None:
     lease = world2.members["west"].peek(paths.lease(HEARTBEAT_LEASE_NAMESPACE, HEARTBEAT_LEASE))
@@ -174,14 +235,7 @@ async def test_a_status_write_from_a_stale_view_is_refused_and_decided_again(
 async def test_two_operators_never_launch_one_job_twice(world2: World) -> None:
     """A second operator (its own caches) against the same hub and members: both place the
     job; only one placement is written, and only that member gets workers."""
-    other = Manager(
-        world2.hub,
-        world2.hub.kubeconfig(),
-        world2.settings,
-        clock=world2.clock,
-        connect=apidouble.connect,
-    )
-    await other.clusters.activate()
+    other = await second_operator(world2)
     for name in ("west", "east"):
         body = world2.hub.peek(f"/apis/kaon.dev/v1alpha1/computeclusters/{name}")
         assert body is not None

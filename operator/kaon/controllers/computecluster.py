@@ -163,6 +163,7 @@ class ComputeClusterController:
         """Connect to the members known so far; from now on each event is acted on at once.
         (A standby operator only remembers ComputeClusters: it must not touch members.)"""
         self.active = True
+        self.fleet.activate()
         for body in list(self.bodies.values()):
             await self.fleet.upsert(body)
         self.on_change()

@@ -299,8 +299,8 @@ class TrainingJobController(Reconciler):
             lost_for = member.unready_for()
         elif cluster in self.fleet.clusters:  # registered, but no client (e.g. Secret missing)
             lost_for = 0.0
-        else:  # its ComputeCluster is gone: nothing there will come back
-            lost_for = float(policy.grace_seconds)
+        else:  # no ComputeCluster of that name: deleted, or not listed yet after a start
+            lost_for = min(self.fleet.absent_for(cluster), float(policy.grace_seconds))
         wait = failover_wait(policy.mode, policy.grace_seconds, lost_for)
         if wait is None or (wait > 0 and lost_for == 0.0):
             return UNREACHABLE_RETRY_S

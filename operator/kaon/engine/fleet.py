@@ -61,11 +61,27 @@ class Fleet:
     on_health: Callable[[str], None] = lambda name: None
     monotonic: Callable[[], float] = time.monotonic
     holder: str = "kaon"  # the heartbeat Lease's holderIdentity
+    removed: set[str] = field(default_factory=set)  # ComputeClusters seen deleted
+    activated_at: float | None = None  # monotonic: when this operator began to act
+
+    def activate(self) -> None:
+        self.activated_at = self.monotonic()
+
+    def absent_for(self, name: str) -> float:
+        """Seconds an unregistered cluster is known to be gone. One seen deleted is gone for
+        good; one never seen may only not be listed yet (an operator that has just started or
+        taken over), so it counts from when this operator began to act."""
+        if name in self.removed:
+            return float("inf")
+        if self.activated_at is None:
+            return 0.0
+        return max(self.monotonic() - self.activated_at, 0.0)
 
     async def upsert(self, body: Obj) -> None:
         name = body["metadata"]["name"]
         spec = ComputeClusterSpec.model_validate(body.get("spec") or {})
         labels = dict(body["metadata"].get("labels") or {})
+        self.removed.discard(name)
         reg = self.clusters.get(name)
         if reg is None:
             reg = self.clusters[name] = Registered(name, spec, labels)
@@ -114,6 +130,7 @@ class Fleet:
 
     async def remove(self, name: str) -> None:
         reg = self.clusters.pop(name, None)
+        self.removed.add(name)
         if reg:
             await self._stop(reg)
 
