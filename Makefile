@@ -18,7 +18,7 @@ KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell cat $(KSERVE_REQ) | sha256sum 
 
 .DEFAULT_GOAL := help
 .PHONY: help setup check fmt rig-build rig-up rig-down rig-status test unit lint crds verify demo \
-	run bench images clean demo-failover check-ruff check-types check-imports check-unit
+	run bench chaos images clean demo-failover check-ruff check-types check-imports check-unit
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -85,8 +85,11 @@ verify: $(BASE_STAMP) ## fail when the generated CRDs differ from the models
 unit: setup ## the tests that need no cluster: tests/unit and tests/runtime (torch)
 	$(PY) -m pytest tests/unit tests/runtime $(PYTEST_ARGS)
 
-test: lint verify rig-build ## lint, then unit + integration + e2e tests against the local rig
+test: lint verify rig-build ## lint, then unit + integration + e2e + chaos (short) tests against the local rig
 	$(PY) -m pytest tests -m "not bench" $(PYTEST_ARGS)
+
+chaos: lint rig-build ## the chaos suite at full size (20 operator kills in 200 jobs, ...): ~40 min
+	KAON_CHAOS=long $(PY) -m pytest tests/chaos --timeout=3600 $(PYTEST_ARGS)
 
 demo: rig-up ## the rig, CRDs, the operator, two members and example TrainingJobs, end to end
 	hack/demo.sh
@@ -101,6 +104,7 @@ bench: rig-build ## benchmarks with same-run baselines; figures into .bench/resu
 	$(PY) tests/bench/kernels.py
 	$(PY) tests/bench/controlplane.py
 	$(PY) tests/bench/failover.py
+	$(PY) tests/bench/steps_lost.py
 	$(PY) tests/bench/serving.py
 
 # The images the chart's values name (operator.image, runtime.image; the CUDA runtime adds -cuda).

@@ -30,7 +30,7 @@ from kaonrig import (
     wait_members_ready,
 )
 
-MARKERS_BY_DIR = {"integration": "integration", "e2e": "e2e", "bench": "bench"}
+MARKERS_BY_DIR = {"integration": "integration", "e2e": "e2e", "bench": "bench", "chaos": "chaos"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,6 +38,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for part in Path(str(item.fspath)).parts:
             if part in MARKERS_BY_DIR:
                 item.add_marker(getattr(pytest.mark, MARKERS_BY_DIR[part]))
+    # The chaos suite last: it kills the session's operator and stops the hub.
+    items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
 
 
 @pytest.fixture(scope="session")

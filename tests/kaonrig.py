@@ -122,6 +122,7 @@ class OperatorProcess:
         self.args = args
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.excused: list[tuple[int, int]] = []  # log byte ranges where denials are expected
 
     def start(self) -> None:
         env = dict(
@@ -138,10 +139,25 @@ class OperatorProcess:
                 stderr=log,
             )
 
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def excuse_denials(self, since: int) -> None:
+        """Denials logged from byte `since` until now were expected: a restarted API server
+        refuses every request until it has loaded its RBAC objects."""
+        self.excused.append((since, self.log_size()))
+
     def rbac_denials(self) -> list[str]:
         """Log lines where the API server refused the operator's identity a permission."""
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return [line for line in text.splitlines() if RBAC_DENIAL.search(line)]
+        data = self.log_path.read_bytes() if self.log_path.exists() else b""
+        found, at = [], 0
+        for raw in data.splitlines(keepends=True):
+            line = raw.decode(errors="replace")
+            excused = any(start <= at < end for start, end in self.excused)
+            if RBAC_DENIAL.search(line) and not excused:
+                found.append(line.rstrip("\n"))
+            at += len(raw)
+        return found
 
     def kill(self) -> None:
         """SIGKILL: no chance to clean up, as when a node dies under the operator."""

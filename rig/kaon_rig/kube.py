@@ -32,6 +32,24 @@ def is_reachable(kubeconfig: Path, timeout: float = 3.0) -> bool:
         return False
 
 
+def is_ready(kubeconfig: Path, timeout: float = 3.0) -> bool:
+    """/readyz passes: the API server answers and has synced what it authorizes with (a
+    restarted one answers /version before its RBAC is loaded, refusing every request)."""
+    if not kubeconfig.exists():
+        return False
+    try:
+        with api_client(kubeconfig) as api:
+            conf = api.configuration
+            auth = [a for a in conf.auth_settings().values() if a.get("in") == "header"]
+            headers = {a["key"]: a["value"] for a in auth}
+            answer = api.call_api(
+                "GET", f"{conf.host}/readyz", header_params=headers, _request_timeout=timeout
+            )
+        return bool(answer.status == 200)
+    except Exception:  # not ready, or not answering at all
+        return False
+
+
 def list_nodes(api: client.ApiClient, label_selector: str = "") -> list[Obj]:
     resp: Any = client.CoreV1Api(api).list_node(
         label_selector=label_selector, _preload_content=False

@@ -41,6 +41,7 @@ from kaon_rig.kube import (
     api_client,
     create_node,
     is_reachable,
+    is_ready,
     list_nodes,
     node_is_ready,
     reclaim_kwok_leases,
@@ -164,7 +165,7 @@ def _ensure_cluster(name: str) -> str:
 def _wait_reachable(kubeconfig: Path, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if is_reachable(kubeconfig):
+        if is_ready(kubeconfig):
             return True
         time.sleep(0.5)
     return False

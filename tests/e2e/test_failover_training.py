@@ -4,19 +4,15 @@ from the last committed checkpoint and ends with the same accuracy bar as an uni
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
-from kubernetes import client
 
-from kaon_rig import agents, paths, rig, s3
+from kaon_rig import agents, paths, rig
 
 from kaonrig import REPO, Jobs, Rig, kubectl, register_cluster, wait_event, wait_for
+from storekit import manifest, manifest_step, store_secret
 
 EXAMPLES = REPO / "examples"
 TRAIN_TIMEOUT_S = 480.0
@@ -35,40 +31,6 @@ def local_pools(kaon_rig: Rig, kaon_operator: Any) -> Iterator[list[str]]:
     yield names
     for name in names:
         kubectl(kaon_rig, "delete", "computecluster", name, "--wait=true")
-
-
-def store_secret(kaon_rig: Rig, namespace: str) -> dict[str, str]:
-    """The rig's Secret kaon-s3, copied into the job's namespace as a user would."""
-    core = kaon_rig.core("hub")
-    found = core.read_namespaced_secret(s3.SECRET_NAME, s3.SECRET_NAMESPACE)
-    copy = client.V1Secret(metadata=client.V1ObjectMeta(name=s3.SECRET_NAME), data=found.data)
-    core.create_namespaced_secret(namespace, copy)
-    return {k: base64.b64decode(v).decode() for k, v in (found.data or {}).items()}
-
-
-def manifest_step(secret: dict[str, str], job: dict[str, Any]) -> int:
-    """The step of the job's newest committed checkpoint (0: none yet)."""
-    return int(manifest(secret, job).get("step", 0))
-
-
-def manifest(secret: dict[str, str], job: dict[str, Any]) -> dict[str, Any]:
-    """The job's committed manifest in the store ({} before the first commit)."""
-    meta = job["metadata"]
-    key = f"checkpoints/{meta['namespace']}/{meta['name']}/{meta['uid']}/manifest.json"
-    s3c = boto3.client(
-        "s3",
-        endpoint_url=secret["endpoint"],
-        region_name=secret["region"],
-        aws_access_key_id=secret["accessKeyId"],
-        aws_secret_access_key=secret["secretAccessKey"],
-        config=Config(s3={"addressing_style": "path"}),
-    )
-    try:
-        body = s3c.get_object(Bucket=s3.BUCKET, Key=key)["Body"].read()
-    except s3c.exceptions.NoSuchKey:
-        return {}
-    record: dict[str, Any] = json.loads(body)
-    return record
 
 
 def test_a_real_cnn_moves_to_the_other_members_processes_and_resumes(

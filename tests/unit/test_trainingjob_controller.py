@@ -357,6 +357,40 @@ async def test_past_the_backoff_limit_the_job_fails_and_keeps_failed_pods(world:
     assert sorted(world.pods()) == ["j1-a0-w1"]  # the running rank stopped, the failed one kept
 
 
+@on_loop
+async def test_a_restart_is_recorded_on_the_hub_before_the_gang_is_removed(world: World) -> None:
+    """An operator that dies between the two must not find the gang missing (a free restart)."""
+    workers = await running(world, "j1")
+    world.run_pods(workers[1:], phase="Failed", exit_code=2)
+    await world.settle()
+    world.hub.fail("PATCH", job_path("j1"), ApiError(500, "InternalError", "etcd"))
+    with pytest.raises(ApiError):
+        await world.reconcile_job("j1")
+    await world.settle()
+    assert sorted(world.pods()) == workers  # nothing removed: the restart was not written
+    await world.reconcile_job("j1")
+    status = world.job_status("j1")
+    assert (status["attempt"], status["restarts"], status["infraRestarts"]) == (1, 1, 0)
+
+
+@on_loop
+async def test_a_failed_job_stops_the_workers_still_running_when_looked_at_again(
+    world: World,
+) -> None:
+    workers = await running(world, "j1", {"runPolicy": {"backoffLimit": 0}})
+    world.run_pods(workers[1:], phase="Failed")
+    await world.settle()
+    world.members["west"].fail("DELETE", paths.pod(NS, workers[0]), ApiError(500, "x", "etcd"))
+    with pytest.raises(ApiError):
+        await world.reconcile_job("j1")
+    assert world.job_status("j1")["state"] == "Failed"  # written before the workers stop
+    await world.settle()
+    assert sorted(world.pods()) == workers
+    await world.reconcile_job("j1")
+    await world.settle()
+    assert sorted(world.pods()) == workers[1:]
+
+
 @pytest.mark.parametrize("how", ["deleted", "disrupted"])
 @on_loop
 async def test_infrastructure_loss_restarts_the_gang_free(world: World, how: str) -> None:

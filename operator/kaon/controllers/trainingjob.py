@@ -255,8 +255,10 @@ class TrainingJobController(Reconciler):
         if isinstance(action, Launch):
             await self._launch(key, body, spec, status, memory, action, gen, now)
         elif isinstance(action, Restart):
-            await self.workers.remove_attempt(member, key, status.attempt)
+            # Recorded on the hub first: an operator that dies between the two finds the old
+            # attempt's pods stale, not missing (which would restart the gang again, free).
             await self._patch(body, transitions.restarting(status, action, gen, now))
+            await self.workers.remove_attempt(member, key, status.attempt)
             charged = "charged to backoffLimit" if action.charged else "not charged"
             await self.event(body, "Warning", "GangRestarted", f"{action.message} ({charged})")
         elif isinstance(action, Succeed):
@@ -267,10 +269,11 @@ class TrainingJobController(Reconciler):
             await self.event(body, "Normal", "Succeeded", "all workers exited 0")
             self.want_placement()
         elif isinstance(action, Fail):
-            await self.workers.stop_running(member, key)
+            # Failed first, for the same reason; _finished stops what a crash left running.
             await self._patch(
                 body, transitions.failed(status, action.reason, action.message, gen, now)
             )
+            await self.workers.stop_running(member, key)
             await self.event(body, "Warning", action.reason, action.message)
             self.want_placement()
         elif isinstance(action, Observe):
@@ -393,6 +396,9 @@ class TrainingJobController(Reconciler):
     async def _finished(
         self, body: Obj, spec: TrainingJobSpec, status: TrainingJobStatus
     ) -> float | None:
+        member = self.fleet.member(status.placement.cluster) if status.placement else None
+        if status.state == "Failed" and member is not None and member.ready:
+            await self.workers.stop_running(member, key_of(body))
         ttl = spec.run_policy.ttl_seconds_after_finished
         if ttl is None:
             return None
