@@ -4,11 +4,8 @@ job's committed manifest."""
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from kubernetes import client
 
 from kaon_rig import s3
@@ -28,21 +25,7 @@ def store_secret(kaon_rig: Rig, namespace: str) -> dict[str, str]:
 def manifest(secret: dict[str, str], job: dict[str, Any]) -> dict[str, Any]:
     """The job's committed manifest in the store ({} before the first commit)."""
     meta = job["metadata"]
-    key = f"checkpoints/{meta['namespace']}/{meta['name']}/{meta['uid']}/manifest.json"
-    s3c = boto3.client(
-        "s3",
-        endpoint_url=secret["endpoint"],
-        region_name=secret["region"],
-        aws_access_key_id=secret["accessKeyId"],
-        aws_secret_access_key=secret["secretAccessKey"],
-        config=Config(s3={"addressing_style": "path"}),
-    )
-    try:
-        body = s3c.get_object(Bucket=s3.BUCKET, Key=key)["Body"].read()
-    except s3c.exceptions.NoSuchKey:
-        return {}
-    record: dict[str, Any] = json.loads(body)
-    return record
+    return s3.committed_manifest(secret, meta["namespace"], meta["name"], meta["uid"])
 
 
 def manifest_step(secret: dict[str, str], job: dict[str, Any]) -> int:

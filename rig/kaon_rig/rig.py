@@ -309,6 +309,14 @@ def stop_cluster(name: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.2)
 
 
+def lose_cluster(name: str, config: RigConfig) -> None:
+    """The cluster and its machines gone: its process agents killed with their pods'
+    processes (a stopped API server alone leaves them running, training on), then the
+    cluster stopped. `start_cluster`, then `agents.start`, bring it back."""
+    agents.stop([node for cluster, node in agents.agent_nodes(config) if cluster == name])
+    stop_cluster(name)
+
+
 def start_cluster(name: str) -> None:
     """Start a stopped cluster again with its state."""
     _kwokctl("start", "cluster", "--name", name)

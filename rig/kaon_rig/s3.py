@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kaon_rig import paths
 
@@ -35,6 +36,8 @@ SECRET_NAME = "kaon-s3"
 SECRET_NAMESPACE = "default"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
+
+Obj = dict[str, Any]
 
 PID_FILE = "weed.pid"
 LOG_FILE = "weed.log"
@@ -218,3 +221,27 @@ def secret_data() -> dict[str, str]:
         "accessKeyId": creds.access_key_id,
         "secretAccessKey": creds.secret_access_key,
     }
+
+
+def committed_manifest(secret: dict[str, str], namespace: str, name: str, uid: str) -> Obj:
+    """A job's checkpoint manifest in the rig's bucket, read with the Secret's keys as the
+    runtime does ({} before the runtime claimed the store; no "step" before its first commit)."""
+    # boto3 comes with the runtime extra only; `kaon rig` itself runs without it.
+    import boto3  # noqa: PLC0415
+    from botocore.config import Config  # noqa: PLC0415
+
+    s3c = boto3.client(
+        "s3",
+        endpoint_url=secret["endpoint"],
+        region_name=secret["region"],
+        aws_access_key_id=secret["accessKeyId"],
+        aws_secret_access_key=secret["secretAccessKey"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    key = f"checkpoints/{namespace}/{name}/{uid}/manifest.json"
+    try:
+        body = s3c.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    except s3c.exceptions.NoSuchKey:
+        return {}
+    found: Obj = json.loads(body)
+    return found

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 
-from kaon_rig import rig
+from kaon_rig import agents, rig
+from kaon_rig.config import load_config
 
 from chaos.invariants import PodSampler, check_load, list_jobs
 from chaos.load import Load, scaled
@@ -71,8 +72,9 @@ def lost_with_a_real_job(
     load.wheres = ("any", "any", "east", "west")  # most may move; some can only wait for west
     load.create(JOBS)
     running_in_west(kaon_rig, namespace, 3)
+    config = load_config()
+    rig.lose_cluster("west", config)  # with its machine: the real job's processes die too
     real.note_committed()
-    rig.stop_cluster("west")
     try:
         time.sleep(1.0)  # what the operator had seen end in west before is written by now
         lost = placed_in_west(kaon_rig, namespace)
@@ -89,6 +91,7 @@ def lost_with_a_real_job(
         time.sleep(load.rng.uniform(0.0, 5.0))
     finally:
         rig.start_cluster("west")
+        agents.start(config, None)
     load.create(JOBS)
     report = check_load(
         kaon_rig,
