@@ -18,7 +18,7 @@ KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell cat $(KSERVE_REQ) | sha256sum 
 
 .DEFAULT_GOAL := help
 .PHONY: help setup check fmt rig-build rig-up rig-down rig-status test unit lint crds verify demo \
-	run bench chaos images clean demo-failover check-ruff check-types check-imports check-unit
+	run bench chaos images clean demo-failover check-ruff check-types check-imports check-unit gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -106,6 +106,9 @@ bench: rig-build ## benchmarks with same-run baselines; figures into .bench/resu
 	$(PY) tests/bench/failover.py
 	$(PY) tests/bench/steps_lost.py
 	$(PY) tests/bench/serving.py
+
+gpu-check: ## on a machine with a GPU and torch (no rig, no venv): runtime tests and kernel bench on cuda
+	hack/gpu-check.sh
 
 # The images the chart's values name (operator.image, runtime.image; the CUDA runtime adds -cuda).
 ENGINE ?= $(shell command -v docker || command -v podman)

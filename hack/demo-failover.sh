@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KAON=.venv/bin/kaon
-PY=.venv/bin/python
 source <("$KAON" rig env)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -35,8 +34,8 @@ kubectl get tj cnn-digits-s3 -o wide
 FROM=$(field '{.status.placement.cluster}')
 MEMBER=${FROM%-local}
 
-step "losing member $MEMBER: its API server stopped (kwokctl stop cluster); grace 10 s"
-$PY -c "from kaon_rig import rig; rig.stop_cluster('$MEMBER')"
+step "losing member $MEMBER with its machine (kaon rig stop $MEMBER: API server and process agents); grace 10 s"
+"$KAON" rig stop "$MEMBER"
 for _ in $(seq 1 60); do
   sleep 1
   printf '%s  %-12s %-9s attempt %s  failovers %s\n' "$(date +%T)" "$(field '{.status.placement.cluster}')" \
@@ -45,8 +44,8 @@ for _ in $(seq 1 60); do
 done
 kubectl get computecluster "$FROM" -o jsonpath='{.status.conditions[?(@.type=="Ready")]}'; echo
 
-step "member $MEMBER back: the old attempt's pods are swept before it takes new work"
-$PY -c "from kaon_rig import rig; rig.start_cluster('$MEMBER')"
+step "member $MEMBER back (kaon rig start $MEMBER): the old attempt's pods are swept before it takes new work"
+"$KAON" rig start "$MEMBER"
 for _ in $(seq 1 300); do
   sleep 2
   case "$(field '{.status.state}')" in Succeeded|Failed) break ;; esac

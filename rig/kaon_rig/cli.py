@@ -70,6 +70,38 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_or_start(args: argparse.Namespace) -> int:
+    from kaon_rig import agents, rig  # noqa: PLC0415
+
+    config, name = _config(args), args.name
+    if code := _not_up(config, name):
+        return code
+    if args.rig_command == "start":
+        rig.start_cluster(name)
+        started = agents.start(config, _config_path(args))
+        print(f"{name}: running; agents started: {', '.join(started) or 'none'}")
+    elif args.api_only:
+        rig.stop_cluster(name)
+        print(f"{name}: API server stopped; its pods' processes run on")
+    else:
+        rig.lose_cluster(name, config)
+        print(f"{name}: lost, its API server stopped and its process agents killed")
+    return 0
+
+
+def _not_up(config: RigConfig, name: str) -> int:
+    """0 when the rig has this cluster up; else the exit code, with the reason printed."""
+    try:
+        config.cluster(name)
+    except KeyError as exc:
+        print(f"kaon: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if not paths.kubeconfig_path(name).exists():
+        print(f"kaon: cluster {name!r} is not up; run 'make rig-up'", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from kaon_rig import rig, s3  # noqa: PLC0415
 
@@ -91,16 +123,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _kubeconfig(args: argparse.Namespace) -> int:
-    try:
-        _config(args).cluster(args.name)
-    except KeyError as exc:
-        print(f"kaon: {exc.args[0]}", file=sys.stderr)
-        return 2
-    path = paths.kubeconfig_path(args.name)
-    if not path.exists():
-        print(f"kaon: cluster {args.name!r} is not up; run 'make rig-up'", file=sys.stderr)
-        return 1
-    print(path)
+    if code := _not_up(_config(args), args.name):
+        return code
+    print(paths.kubeconfig_path(args.name))
     return 0
 
 
@@ -157,6 +182,19 @@ def parser() -> argparse.ArgumentParser:
         func=_down
     )
     rig_sub.add_parser("status", help="clusters, pools and health").set_defaults(func=_status)
+    stop = rig_sub.add_parser(
+        "stop", help="lose a cluster, keeping its state: its API server and its process agents"
+    )
+    stop.add_argument("name")
+    stop.add_argument(
+        "--api-only",
+        action="store_true",
+        help="stop only the API server (a blip): the pods' processes keep running",
+    )
+    stop.set_defaults(func=_stop_or_start)
+    start = rig_sub.add_parser("start", help="start a stopped cluster and its process agents")
+    start.add_argument("name")
+    start.set_defaults(func=_stop_or_start)
     kc = rig_sub.add_parser("kubeconfig", help="print the path of a cluster's kubeconfig")
     kc.add_argument("name")
     kc.set_defaults(func=_kubeconfig)

@@ -202,6 +202,7 @@ async def test_a_host_that_does_not_answer_is_status_zero() -> None:
     with pytest.raises(ApiError) as down:
         await client.get("/api/v1/nodes")
     assert (down.value.status, down.value.reason) == (0, "Unreachable")
+    assert str(down.value).startswith(f"Unreachable: http://127.0.0.1:{port}")  # no status "0"
     with pytest.raises(ApiError) as watch_down:
         await collect(client, "/api/v1/pods")
     assert watch_down.value.status == 0

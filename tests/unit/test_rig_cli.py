@@ -57,3 +57,17 @@ def test_kaon_rig_kubeconfig_of_an_unknown_cluster_names_the_known_ones(
 ) -> None:
     assert cli.main(["rig", "kubeconfig", "nowhere"]) == 2
     assert "known: hub, east, west" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["stop", "start"])
+def test_kaon_rig_stop_and_start_refuse_an_unknown_cluster(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["rig", command, "nowhere"]) == 2
+    assert "known: hub, east, west" in capsys.readouterr().err
+
+
+def test_kaon_rig_stop_offers_a_blip_beside_a_loss(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["rig", "stop", "--help"])
+    assert "--api-only" in capsys.readouterr().out

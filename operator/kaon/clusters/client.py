@@ -28,7 +28,7 @@ class ApiError(Exception):
     """An API server answered with an error status (or could not be reached: status 0)."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
+        super().__init__(f"{status} {reason}: {message}" if status else f"{reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
