@@ -68,7 +68,7 @@ FALLBACK = (Preference("gpu", "nvidia-a100"), Preference("gpu"), Preference("cpu
 
 def test_gang_goes_to_the_first_preference_that_fits() -> None:
     got = decide(demand(workers=2, gpus=4, prefs=FALLBACK), ALL)
-    assert got == Placed("east", "gpu-a100", "nvidia-a100", 4, (2, 0))
+    assert got == Placed("east", "gpu-a100", "nvidia-a100", 4, (2, 0), 30.0)  # a node-worth
 
 
 def test_gpu_then_cpu_fallback_when_gpu_pools_are_full() -> None:
@@ -119,6 +119,16 @@ def test_unreachable_cluster_makes_the_job_wait_not_fail() -> None:
     down = offer("east", "cpu", CPU_NODE, 4, available=False)
     got = decide(demand(), [down])
     assert isinstance(got, Waiting) and got.reason == "ClusterUnavailable"
+
+
+def test_a_cluster_not_ready_with_no_nodes_listed_yet_makes_the_job_wait_not_fail() -> None:
+    """An operator just started (or a member just back) has not listed the member's nodes: its
+    pools look empty, which must not read as "can never hold the gang"."""
+    unlisted = offer("east", "cpu", CPU_NODE, 0, available=False)
+    got = decide(demand(), [unlisted])
+    assert isinstance(got, Waiting) and got.reason == "ClusterUnavailable"
+    empty_but_ready = offer("east", "cpu", CPU_NODE, 0)
+    assert isinstance(decide(demand(), [empty_but_ready]), Unplaceable)
 
 
 def test_no_clusters_waits_and_a_selector_matching_none_fails() -> None:

@@ -563,7 +563,31 @@ async def test_a_gang_that_cannot_be_created_whole_is_rolled_back_and_waits(
     assert world.job_status("j1")["state"] == "Admitted"
     await world.reconcile_job("j1")
     await world.settle()
-    assert sorted(world.pods()) == ["j1-a0-w0", "j1-a0-w1"]
+    assert sorted(world.pods()) == ["j1-a1-w0", "j1-a1-w1"]  # a new attempt
+
+
+@on_loop
+async def test_a_rollback_that_cannot_remove_its_pods_leaves_them_to_an_old_attempt(
+    world: World,
+) -> None:
+    """A member that stops answering mid-launch keeps the workers already created. The job is
+    placed again as a new attempt, so those can never pass for the current gang (nor commit)."""
+    await placed(world, "j1")
+    down = ApiError(0, "Unreachable", "connection reset")
+    world.members["west"].fail("POST", paths.pods(NS), down)
+    world.members["west"].fail("DELETE", paths.pods(NS), down)
+    await world.reconcile_job("j1")
+    status = world.job_status("j1")
+    assert condition(status, "Admitted")["reason"] == "GangRollback"
+    assert (status["attempt"], status["restarts"], status["infraRestarts"]) == (1, 0, 0)
+    await world.settle()
+    left = sorted(world.pods())
+    assert left and all(name.startswith("j1-a0-") for name in left)
+    world.clock.advance(ROLLBACK_RETRY_S)
+    await world.place()
+    await world.reconcile_job("j1")
+    await world.settle()
+    assert {n for n in world.pods() if n.startswith("j1-a1-")} == {"j1-a1-w0", "j1-a1-w1"}
 
 
 # Lagging watches and leftovers --------------------------------------------------------------

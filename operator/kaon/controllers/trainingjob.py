@@ -343,7 +343,7 @@ class TrainingJobController(Reconciler):
         if error:
             await self.workers.remove_all(key, placement.cluster)
             message = f"gang rolled back: {error}"
-            await self._patch(body, transitions.waiting(status, "GangRollback", message, gen, now))
+            await self._patch(body, transitions.rolled_back(status, message, gen, now))
             await self.event(body, "Warning", "GangRollback", message)
             memory.not_before = self.clock.monotonic() + ROLLBACK_RETRY_S
             self.queue.add_after(key, ROLLBACK_RETRY_S)

@@ -24,6 +24,14 @@ def waiting(
     return _with(s, gen, state="Waiting", placement=None)
 
 
+def rolled_back(s: TrainingJobStatus, message: str, gen: int, now: str) -> TrainingJobStatus:
+    """The gang could not be created whole: it waits for a placement again, as a new attempt.
+    Pods of the old one may be left where the rollback could not reach (a member that stopped
+    answering mid-launch): fenced off like a lost cluster's, never the current attempt."""
+    s = waiting(s, "GangRollback", message, gen, now)
+    return _with(s, gen, attempt=s.attempt + 1, launched=False)
+
+
 def waits_as_said(s: TrainingJobStatus, reason: str, message: str) -> bool:
     """The job waits and its status already says so, with this reason and message."""
     admitted = find_condition(s.conditions, "Admitted")

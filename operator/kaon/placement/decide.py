@@ -1,7 +1,9 @@
 """Gang placement: one cluster, one pool, all workers at once, or a reason.
 
 Clusters are first narrowed by the gang's cluster selector; then, preference by preference,
-each pool runs the filters of `placement.filters` and the passing pools are scored.
+each pool runs the filters of `placement.filters` (with its queue's quota checked right after
+the pool is found big enough) and the passing pools are scored. A gang that waits shows the
+reason of the lowest rank met: quota exceeded, then waiting for quota, then no room now.
 """
 
 from __future__ import annotations
@@ -10,8 +12,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from kaon.api.resources import Resources
-from kaon.placement.filters import describe, first_rejection, gang_assignment, score
+from kaon.placement.cost import gang_cost
+from kaon.placement.filters import (
+    Rejection,
+    describe,
+    first_rejection,
+    fits_when_empty,
+    gang_assignment,
+    score,
+)
 from kaon.placement.model import GangDemand, Outcome, Placed, PoolOffer, Unplaceable, Waiting
+from kaon.placement.quota import QuotaBook, consumption
 
 __all__ = ["decide", "gang_assignment", "plan"]
 
@@ -21,7 +32,20 @@ def _candidates(demand: GangDemand, offers: Iterable[PoolOffer]) -> list[PoolOff
     return [o for o in offers if selector is None or selector.matches(dict(o.cluster_labels))]
 
 
-def decide(demand: GangDemand, offers: Sequence[PoolOffer]) -> Outcome:
+def _rejection(demand: GangDemand, offer: PoolOffer, book: QuotaBook | None) -> Rejection | None:
+    never = fits_when_empty(demand, offer)
+    if never is not None:
+        return never
+    if book is not None and demand.queue is not None:
+        over = book.check(demand.queue, consumption(demand, offer, gang_cost(demand, offer)))
+        if over is not None:
+            return over
+    return first_rejection(demand, offer)
+
+
+def decide(
+    demand: GangDemand, offers: Sequence[PoolOffer], book: QuotaBook | None = None
+) -> Outcome:
     """Place one gang on the first preference with a passing pool (best score wins), or explain."""
     if not offers:
         return Waiting("NoClusters", "no ComputeCluster is registered yet")
@@ -31,22 +55,27 @@ def decide(demand: GangDemand, offers: Sequence[PoolOffer]) -> Outcome:
             "NoMatchingCluster", "no registered cluster matches spec.placement.clusterSelector"
         )
     ever_fits = False
-    first_wait: tuple[str, str] | None = None
+    first_wait: Rejection | None = None
     for pref in demand.preferences:
         passing = []
         for offer in (o for o in eligible if o.matches(pref)):
-            rejection = first_rejection(demand, offer)
+            rejection = _rejection(demand, offer, book)
             if rejection is None:
                 passing.append(offer)
-            elif not rejection.never:
-                first_wait = first_wait or (rejection.reason, rejection.message)
+            elif not rejection.never and (first_wait is None or rejection.rank < first_wait.rank):
+                first_wait = rejection
             ever_fits = ever_fits or rejection is None or not rejection.never
         if passing:
             best = min(passing, key=score)
             counts = gang_assignment(demand.on(best), demand.workers, best.node_free)
             assert counts is not None  # the room_now filter passed
             return Placed(
-                best.cluster, best.pool, best.accelerator, demand.on(best).gpus, tuple(counts)
+                best.cluster,
+                best.pool,
+                best.accelerator,
+                demand.on(best).gpus,
+                tuple(counts),
+                gang_cost(demand, best),
             )
     if not ever_fits:
         wanted = ", then ".join(p.describe() for p in demand.preferences)
@@ -55,8 +84,9 @@ def decide(demand: GangDemand, offers: Sequence[PoolOffer]) -> Outcome:
             f"no pool can ever hold {demand.workers} workers of "
             f"{describe(demand.per_worker)} (looked at {wanted})",
         )
-    reason, message = first_wait or ("NoCapacity", "no pool has room")
-    return Waiting(reason, message)
+    if first_wait is None:
+        return Waiting("NoCapacity", "no pool has room")
+    return Waiting(first_wait.reason, first_wait.message)
 
 
 def _take(offer: PoolOffer, need: Resources, counts: Sequence[int]) -> PoolOffer:
@@ -64,12 +94,15 @@ def _take(offer: PoolOffer, need: Resources, counts: Sequence[int]) -> PoolOffer
     return replace(offer, node_free=free)
 
 
-def plan(demands: Iterable[GangDemand], offers: Sequence[PoolOffer]) -> dict[str, Outcome]:
-    """One pass over waiting gangs: priority first, then FIFO; what is placed counts at once."""
+def plan(
+    demands: Iterable[GangDemand], offers: Sequence[PoolOffer], book: QuotaBook | None = None
+) -> dict[str, Outcome]:
+    """One pass over waiting gangs: priority first, then FIFO; what is placed counts at once,
+    against the pool and against the gang's queue."""
     current = list(offers)
     outcomes: dict[str, Outcome] = {}
     for demand in sorted(demands, key=lambda d: (-d.priority, d.created, d.key)):
-        outcome = decide(demand, current)
+        outcome = decide(demand, current, book)
         outcomes[demand.key] = outcome
         if isinstance(outcome, Placed):
             i = next(
@@ -77,6 +110,8 @@ def plan(demands: Iterable[GangDemand], offers: Sequence[PoolOffer]) -> dict[str
                 for i, o in enumerate(current)
                 if (o.cluster, o.pool) == (outcome.cluster, outcome.pool)
             )
+            if book is not None and demand.queue is not None:
+                book.take(demand.queue, consumption(demand, current[i], outcome.cost_per_hour))
             need = demand.on(current[i])
             current[i] = _take(current[i], need, outcome.workers_per_node)
     return outcomes

@@ -23,6 +23,7 @@ class Rejection:
     reason: str
     message: str
     never: bool = False
+    rank: int = 3  # what a waiting gang shows: the lowest rank met (placement.quota's ranks)
 
 
 PoolFilter = Callable[[GangDemand, PoolOffer], Rejection | None]
@@ -41,7 +42,11 @@ def gang_assignment(
 
 
 def fits_when_empty(demand: GangDemand, offer: PoolOffer) -> Rejection | None:
-    """The pool's nodes, empty, could hold the whole gang."""
+    """The pool's nodes, empty, could hold the whole gang. Only an available cluster's pools
+    can say never: one not ready may not have listed its nodes yet (an operator just started,
+    a member just registered or back), and a gang it could hold must wait, not fail."""
+    if not offer.available:
+        return None
     if gang_assignment(demand.on(offer), demand.workers, offer.node_allocatable) is None:
         return Rejection("NoPoolFits", f"{offer.where()} can never hold the gang", never=True)
     return None

@@ -60,6 +60,7 @@ class GangDemand:
     cluster_selector: LabelSelector | None = None
     priority: int = 0
     created: str = ""
+    queue: str | None = None  # admitted within this queue's quota; None: no quota applies
 
     def on(self, offer: PoolOffer) -> Resources:
         """Per-worker demand on that pool: GPUs only on GPU pools, one pod slot each."""
@@ -74,6 +75,7 @@ class Placed:
     accelerator: str | None
     gpus_per_worker: int
     workers_per_node: tuple[int, ...] = field(default=())
+    cost_per_hour: float = 0.0  # of the whole gang there
 
 
 @dataclass(frozen=True)
