@@ -88,7 +88,7 @@ unit: setup ## the tests that need no cluster: tests/unit and tests/runtime (tor
 test: lint verify rig-build ## lint, then unit + integration + e2e + chaos (short) tests against the local rig
 	$(PY) -m pytest tests -m "not bench" $(PYTEST_ARGS)
 
-chaos: lint rig-build ## the chaos suite at full size (20 operator kills in 200 jobs, ...): ~40 min
+chaos: lint rig-build ## the chaos suite at full size (20 operator kills in 200 jobs, ...): ~15 min
 	KAON_CHAOS=long $(PY) -m pytest tests/chaos --timeout=3600 $(PYTEST_ARGS)
 
 demo: rig-up ## the rig, CRDs, the operator, two members and example TrainingJobs, end to end

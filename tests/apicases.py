@@ -10,12 +10,13 @@ from pydantic import ValidationError
 
 from kaon.api.crd import RESOURCES
 
-Kind = Literal["TrainingJob", "InferenceService", "ComputeCluster"]
+Kind = Literal["TrainingJob", "InferenceService", "ComputeCluster", "Queue"]
 
 JOB: dict[str, Any] = {"model": {"family": "cnn"}}
 SERVE: dict[str, Any] = {"model": {"uri": "pvc://models/digits"}}
 POOL: dict[str, Any] = {"name": "p", "nodeSelector": {"a": "b"}}
 CLUSTER: dict[str, Any] = {"hub": True, "pools": [POOL]}
+GPUS: dict[str, Any] = {"resource": "gpus", "nominal": 8}
 MAX_QUANTITY_LENGTH = 32
 
 
@@ -297,6 +298,48 @@ RULE_CASES = [
         },
         "spec.checkpoint.location",
         "set at most one of location and claimName",
+    ),
+    Case(
+        "an accelerator on a cpu quota",
+        "Queue",
+        {"quotas": [{"resource": "cpu", "accelerator": "nvidia-a100", "nominal": 8}]},
+        "spec.quotas[0].accelerator",
+        "accelerator applies to resource gpus only",
+    ),
+    Case(
+        "half a GPU",
+        "Queue",
+        {"quotas": [GPUS | {"nominal": "1500m"}]},
+        "spec.quotas[0].nominal",
+        "gpus are whole devices",
+    ),
+    Case(
+        "a negative quota",
+        "Queue",
+        {"quotas": [{"resource": "cpu", "nominal": "-4"}]},
+        "spec.quotas[0].nominal",
+        "quota must be between 0 and 1E",
+    ),
+    Case(
+        "an absurd quota",
+        "Queue",
+        {"quotas": [{"resource": "memory", "nominal": "2E"}]},
+        "spec.quotas[0].nominal",
+        "quota must be between 0 and 1E",
+    ),
+    Case(
+        "borrowing without a cohort",
+        "Queue",
+        {"quotas": [GPUS | {"borrowingLimit": 4}]},
+        "spec.quotas",
+        "borrowingLimit needs a cohort to borrow from",
+    ),
+    Case(
+        "two quotas of one resource",
+        "Queue",
+        {"quotas": [GPUS, GPUS | {"nominal": 4}]},
+        "spec.quotas",
+        "at most one quota per resource, accelerator and cluster",
     ),
     Case(
         "toleration value with Exists",

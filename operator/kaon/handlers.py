@@ -101,3 +101,15 @@ async def inferenceservice_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any
 @kopf.on.event(GROUP, VERSION, "computeclusters")
 async def computecluster_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     await memo.manager.clusters.object_event(event["type"] or "ADDED", dict(event["object"]))
+
+
+@kopf.on.event(GROUP, VERSION, "queues")
+async def queue_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.manager.queues.queue_event(event["type"] or "ADDED", dict(event["object"]))
+    memo.manager.jobs.want_placement()
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.manager.queues.namespace_event(event["type"] or "ADDED", dict(event["object"]))
+    memo.manager.jobs.want_placement()

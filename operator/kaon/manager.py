@@ -12,6 +12,7 @@ from kaon.api.settings import Settings
 from kaon.clusters.client import KubeClient
 from kaon.controllers.computecluster import ComputeClusterController, pool_inventory
 from kaon.controllers.inferenceservice import InferenceServiceController
+from kaon.controllers.queue import QueueController
 from kaon.controllers.trainingjob import TrainingJobController
 from kaon.controllers.workers import WorkerOps
 from kaon.engine import metrics
@@ -46,6 +47,7 @@ class Manager:
         )
         self.admission = Admission(self.fleet)
         self.workers = WorkerOps(self.fleet, settings)
+        self.queues = QueueController(hub)
         self.jobs = TrainingJobController(
             hub,
             self.fleet,
@@ -53,6 +55,7 @@ class Manager:
             self.workers,
             settings,
             self.clock,
+            self.queues,
             on_change=self._job_changed,
         )
         self.services = InferenceServiceController(
@@ -101,6 +104,7 @@ class Manager:
             ("placement", self.jobs.placement_loop()),
             ("services-resync", self.services.resync_loop()),
             ("cluster-status", self.clusters.publish_loop()),
+            ("queue-status", self.queues.publish_loop()),
         ]
         if trim_heap:
             loops.append(("heap-trim", trim_loop()))

@@ -244,11 +244,12 @@ PLURALS = {
     "TrainingJob": "trainingjobs",
     "InferenceService": "inferenceservices",
     "ComputeCluster": "computeclusters",
+    "Queue": "queues",
 }
 
 
 def create(rig: Rig, namespace: str, kind: str, name: str, spec: dict[str, Any]) -> Any:
-    if kind == "ComputeCluster":
+    if kind in ("ComputeCluster", "Queue"):
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": kind,

@@ -162,6 +162,7 @@ async def test_startup_builds_and_starts_the_manager_and_cleanup_stops_it(
         "placement",
         "services-resync",
         "cluster-status",
+        "queue-status",
         "heap-trim",
     }
     await kopf_handler(handlers.cleanup)(memo=memo)

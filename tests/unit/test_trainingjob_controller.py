@@ -111,6 +111,7 @@ async def test_admission_places_the_gang_and_says_where(world: World) -> None:
         "pool": "cpu",
         "accelerator": "",
         "gpusPerWorker": 0,
+        "costPerHour": 1.5,  # 2 workers of 6 of a node's 8 cores, 1 per node-hour
     }
     assert status["admittedAt"] == rfc3339(world.clock)
     assert status["workers"]["total"] == 2 and status["observedGeneration"] == 1

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.config import JsonDict
 
-from kaon.api import computecluster, inferenceservice, trainingjob
+from kaon.api import computecluster, inferenceservice, queue, trainingjob
 from kaon.api.common import GROUP, VERSION
 from kaon.api.schema import Schema, model_schema
 
@@ -75,9 +75,29 @@ TRAINING_JOB = Resource(
         _col("Progress", ".status.progress.percent", "integer"),
         _col("Reason", '.status.conditions[?(@.type=="Admitted")].reason', priority=1),
         _col("Restarts", ".status.restarts", "integer", priority=1),
+        _col("Queue", ".status.queue", priority=1),
+        _col("Cost/h", ".status.placement.costPerHour", "number", priority=1),
         AGE,
     ),
     root_rules=tuple(trainingjob.root_rules()),
+)
+
+QUEUE = Resource(
+    kind="Queue",
+    plural="queues",
+    scope="Cluster",
+    spec=queue.QueueSpec,
+    status=queue.QueueStatus,
+    description="A share of the fleet: nominal quota per resource, borrowing within a cohort.",
+    short_names=("kq",),
+    printer_columns=(
+        _col("Cohort", ".spec.cohort"),
+        _col("Admitted", ".status.admitted", "integer"),
+        _col("Pending", ".status.pending", "integer"),
+        _col("Usage", ".status.summary"),
+        _col("Weight", ".spec.weight", "number", priority=1),
+        AGE,
+    ),
 )
 
 INFERENCE_SERVICE = Resource(
@@ -100,7 +120,7 @@ INFERENCE_SERVICE = Resource(
     ),
 )
 
-RESOURCES = (COMPUTE_CLUSTER, TRAINING_JOB, INFERENCE_SERVICE)
+RESOURCES = (COMPUTE_CLUSTER, TRAINING_JOB, INFERENCE_SERVICE, QUEUE)
 
 
 def openapi_schema(resource: Resource) -> Schema:

@@ -24,6 +24,9 @@ LOAD_ANNOTATION = "kaon.dev/load"  # by each model server
 REPORT_ANNOTATIONS = (PROGRESS_ANNOTATION, LOAD_ANNOTATION)
 MAX_REPORT_BYTES = 1024
 
+# On a hub Namespace: the Queue its TrainingJobs are admitted through by default.
+QUEUE_LABEL = "kaon.dev/queue"
+
 FINALIZER = "kaon.dev/cleanup"
 
 # The runtime's exit code after SIGTERM once it has saved a checkpoint (kaon_kernels.train):

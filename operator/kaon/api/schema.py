@@ -39,7 +39,8 @@ def _collapse_any_of(node: Schema, defs: dict[str, Schema]) -> Schema:
     if rest.get("default", ...) is None:
         del rest["default"]
     if len(options) == 1:
-        return {**_resolve(options[0], defs), **rest}
+        merged = {**_resolve(options[0], defs), **rest}
+        return _collapse_any_of(merged, defs) if "anyOf" in merged else merged
     types = {o.get("type") for o in options}
     if types == {"integer", "string"}:
         # The string form's constraints (a quantity's pattern, maxLength) apply to strings only,

@@ -163,7 +163,15 @@ class RunPolicy(Spec):
     )
 
 
-IMMUTABLE_ONCE_ADMITTED = ("model", "data", "training", "workers", "resources", "placement")
+IMMUTABLE_ONCE_ADMITTED = (
+    "model",
+    "data",
+    "training",
+    "workers",
+    "resources",
+    "placement",
+    "queue",
+)
 
 
 def _immutable_once_admitted() -> list[JsonDict]:
@@ -212,6 +220,11 @@ class TrainingJobSpec(Spec):
         description="Restarts, deadlines, TTL, suspend, priority, failover.",
         json_schema_extra=DEFAULT_OBJECT,
     )
+    queue: DNSLabel | None = Field(
+        default=None,
+        description="The Queue whose quota admits the job (its namespaceSelector must allow "
+        "this namespace); the namespace's kaon.dev/queue label when absent; no quota if neither.",
+    )
 
 
 class JobPlacement(Spec):
@@ -221,6 +234,9 @@ class JobPlacement(Spec):
     pool: ShortString = Field(description="The node pool.")
     accelerator: ShortString = Field(default="", description="The pool's accelerator, if any.")
     gpus_per_worker: int = Field(default=0, description="GPUs each worker got there.")
+    cost_per_hour: float = Field(
+        default=0.0, description="The gang's cost per hour there (pool cost per node-worth)."
+    )
 
 
 class WorkerCounts(Spec):
@@ -258,6 +274,9 @@ class TrainingJobStatus(Spec):
     )
     placement: JobPlacement | None = Field(
         default=None, description="Cluster and pool of the gang, once admitted."
+    )
+    queue: ShortString | None = Field(
+        default=None, description="The Queue the gang was admitted through, if any."
     )
     workers: WorkerCounts = Field(
         default_factory=WorkerCounts, description="Workers of the current attempt."

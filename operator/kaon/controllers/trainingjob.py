@@ -20,6 +20,7 @@ from kaon.builders.names import artifact_uri
 from kaon.clusters.client import KubeClient, Obj
 from kaon.clusters.member import Member
 from kaon.controllers.base import Reconciler, StaleView
+from kaon.controllers.queue import QueueController, Use
 from kaon.controllers.workers import WorkerOps
 from kaon.engine import metrics
 from kaon.engine.admission import Admission
@@ -41,8 +42,16 @@ from kaon.lifecycle import status as transitions
 from kaon.lifecycle.conditions import find_condition
 from kaon.lifecycle.models import JobFacts
 from kaon.lifecycle.workers import WorkerState, observe_pod
-from kaon.placement import Placed, Reservation, Unplaceable, Waiting, gang_demand
-from kaon.placement.demand import held_by_job
+from kaon.placement import (
+    GangDemand,
+    Outcome,
+    Placed,
+    Reservation,
+    Unplaceable,
+    Waiting,
+    gang_demand,
+)
+from kaon.placement.demand import held_by_job, job_consumption
 from kaon.placement.health import failover_wait
 
 log = logging.getLogger(__name__)
@@ -79,10 +88,12 @@ class TrainingJobController(Reconciler):
         workers: WorkerOps,
         settings: Settings,
         clock: Clock,
+        queues: QueueController,
         on_change: Callable[[ObjectKey], None] = lambda key: None,
     ) -> None:
         super().__init__(hub, PLURAL, KIND, clock)
         self.fleet = fleet
+        self.queues = queues
         self.admission = admission
         self.workers = workers
         self.settings = settings
@@ -94,6 +105,7 @@ class TrainingJobController(Reconciler):
         self._placement_wanted = asyncio.Event()
         self._sweeps: dict[str, asyncio.Task[None]] = {}
         admission.register(KIND, self.reservations)
+        queues.register(self.queue_uses)
 
     # --- events -------------------------------------------------------------------------------
 
@@ -514,15 +526,36 @@ class TrainingJobController(Reconciler):
             if held is not None:
                 yield key, held
 
+    def queue_uses(self) -> Iterator[Use]:
+        """Every unfinished job of a queue: what its gang holds once admitted, or that it waits."""
+        for key, body in self.cache.items():
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            spec, status = self._parsed(body)
+            if spec is None or status.state in transitions.TERMINAL:
+                continue
+            if status.placement is not None and status.queue:
+                yield Use(status.queue, job_consumption(spec, status.placement))
+            elif status.placement is None and not spec.run_policy.suspend:
+                queue, _ = self.queues.resolve(key[0], spec.queue)
+                if queue is not None:
+                    yield Use(queue, None)
+
     async def place_waiting(self) -> None:
         waiting = list(self._waiting())
         if not waiting:
             return
-        demands = [
-            gang_demand(f"{k[0]}/{k[1]}", spec, body["metadata"].get("creationTimestamp", ""))
-            for k, body, spec, _ in waiting
-        ]
-        outcomes = self.admission.admit_gangs(demands)
+        demands: list[GangDemand] = []
+        outcomes: dict[str, Outcome] = {}
+        for k, body, spec, _ in waiting:
+            queue, problem = self.queues.resolve(k[0], spec.queue)
+            created = body["metadata"].get("creationTimestamp", "")
+            if problem is not None:
+                outcomes[f"{k[0]}/{k[1]}"] = problem
+            else:
+                demands.append(gang_demand(f"{k[0]}/{k[1]}", spec, created, queue))
+        queue_of = {d.key: d.queue for d in demands}
+        outcomes |= self.admission.admit_gangs(demands, self.queues.book())
         now = self.now()
         sem = asyncio.Semaphore(PLACEMENT_WRITES)
 
@@ -549,11 +582,14 @@ class TrainingJobController(Reconciler):
                         pool=outcome.pool,
                         accelerator=outcome.accelerator or "",
                         gpus_per_worker=outcome.gpus_per_worker,
+                        cost_per_hour=round(outcome.cost_per_hour, 4),
                     )
-                    await self._patch(
-                        body, transitions.admitted(status, placement, spec.workers, gen, now)
+                    admitted = transitions.admitted(status, placement, spec.workers, gen, now)
+                    queue = queue_of[f"{key[0]}/{key[1]}"]
+                    await self._patch(body, admitted.model_copy(update={"queue": queue}))
+                    where = f"pool {outcome.pool} in cluster {outcome.cluster}" + (
+                        f", queue {queue}" if queue else ""
                     )
-                    where = f"pool {outcome.pool} in cluster {outcome.cluster}"
                     await self.event(body, "Normal", "Placed", where)
                     if status.failed_over_from:
                         message = transitions.failover_message(status, placement)

@@ -24,6 +24,7 @@ from kaon.placement import (
     place_service,
     plan,
 )
+from kaon.placement.quota import QuotaBook
 
 Holder = Callable[[], Iterable[tuple[ObjectKey, Reservation]]]
 
@@ -48,8 +49,10 @@ class Admission:
         """The fleet's pools with every reservation taken out (but `exclude`'s own)."""
         return self.fleet.offers(self.reservations(exclude))
 
-    def admit_gangs(self, demands: Sequence[GangDemand]) -> dict[str, Outcome]:
-        return plan(demands, self.offers())
+    def admit_gangs(
+        self, demands: Sequence[GangDemand], book: QuotaBook | None = None
+    ) -> dict[str, Outcome]:
+        return plan(demands, self.offers(), book)
 
     def admit_replicas(
         self,

@@ -98,20 +98,32 @@ def plan(
     demands: Iterable[GangDemand], offers: Sequence[PoolOffer], book: QuotaBook | None = None
 ) -> dict[str, Outcome]:
     """One pass over waiting gangs: priority first, then FIFO; what is placed counts at once,
-    against the pool and against the gang's queue."""
+    against the pool and against the gang's queue. Gangs that fit within their queue's own
+    nominal quota go first; only then may the others borrow (as Kueue admits non-borrowing
+    workloads first), so a lender's quota returns to the lender, not to the next borrower."""
     current = list(offers)
+    ordered = sorted(demands, key=lambda d: (-d.priority, d.created, d.key))
     outcomes: dict[str, Outcome] = {}
-    for demand in sorted(demands, key=lambda d: (-d.priority, d.created, d.key)):
-        outcome = decide(demand, current, book)
-        outcomes[demand.key] = outcome
-        if isinstance(outcome, Placed):
-            i = next(
-                i
-                for i, o in enumerate(current)
-                if (o.cluster, o.pool) == (outcome.cluster, outcome.pool)
-            )
-            if book is not None and demand.queue is not None:
-                book.take(demand.queue, consumption(demand, current[i], outcome.cost_per_hour))
-            need = demand.on(current[i])
-            current[i] = _take(current[i], need, outcome.workers_per_node)
+    phases = (False, True) if book is not None and book.lends() else (True,)
+    for borrowing in phases:
+        if book is not None:
+            book.borrowing = borrowing
+        for demand in ordered:
+            if isinstance(outcomes.get(demand.key), Placed | Unplaceable):
+                continue
+            outcome = decide(demand, current, book)
+            outcomes[demand.key] = outcome
+            if isinstance(outcome, Placed):
+                _place(demand, outcome, current, book)
     return outcomes
+
+
+def _place(
+    demand: GangDemand, outcome: Placed, current: list[PoolOffer], book: QuotaBook | None
+) -> None:
+    i = next(
+        i for i, o in enumerate(current) if (o.cluster, o.pool) == (outcome.cluster, outcome.pool)
+    )
+    if book is not None and demand.queue is not None:
+        book.take(demand.queue, consumption(demand, current[i], outcome.cost_per_hour))
+    current[i] = _take(current[i], demand.on(current[i]), outcome.workers_per_node)

@@ -7,8 +7,9 @@ from dataclasses import replace
 
 from kaon.api.inferenceservice import InferenceServiceSpec
 from kaon.api.resources import Resources
-from kaon.api.trainingjob import PoolPreference, TrainingJobSpec, WorkerResources
+from kaon.api.trainingjob import JobPlacement, PoolPreference, TrainingJobSpec, WorkerResources
 from kaon.placement.model import GangDemand, Preference, Reservation
+from kaon.placement.quota import Consumption
 
 
 def pool_preferences(
@@ -31,7 +32,9 @@ def per_pod(resources: WorkerResources) -> Resources:
     return Resources.of(resources.cpu, resources.memory, resources.gpus, 1)
 
 
-def gang_demand(key: str, spec: TrainingJobSpec, created: str = "") -> GangDemand:
+def gang_demand(
+    key: str, spec: TrainingJobSpec, created: str = "", queue: str | None = None
+) -> GangDemand:
     return GangDemand(
         key=key,
         workers=spec.workers,
@@ -40,6 +43,7 @@ def gang_demand(key: str, spec: TrainingJobSpec, created: str = "") -> GangDeman
         cluster_selector=spec.placement.cluster_selector,
         priority=spec.run_policy.priority,
         created=created,
+        queue=queue,
     )
 
 
@@ -79,3 +83,16 @@ def held_by_replicas(
         return None
     per_replica = replace(per_pod(spec.resources), gpus=gpus_per_replica)
     return Reservation(cluster, pool, per_replica, left)
+
+
+def job_consumption(spec: TrainingJobSpec, placement: JobPlacement) -> Consumption:
+    """What an admitted gang takes from its queue where it was placed."""
+    total = replace(per_pod(spec.resources), gpus=placement.gpus_per_worker).times(spec.workers)
+    return Consumption(
+        placement.cluster,
+        placement.accelerator or None,
+        total.milli_cpu,
+        total.memory,
+        total.gpus,
+        round(placement.cost_per_hour * 1000),
+    )

@@ -97,6 +97,11 @@ class QuotaBook:
             if q.cohort:
                 cohorts[q.cohort].append(q)
         self._cohorts = dict(cohorts)
+        self.borrowing = True  # False: each queue holds to its nominal amounts for now
+
+    def lends(self) -> bool:
+        """Whether any queue is in a cohort (so borrowing can happen at all)."""
+        return bool(self._cohorts)
 
     def take(self, queue: str, used: Consumption) -> None:
         quota = self.queues.get(queue)
@@ -137,7 +142,7 @@ class QuotaBook:
         pool_nominal = sum(lim.nominal for _, lim in peers) if peers else limit.nominal
         pool_used = sum(self._used[name][key] for name, _ in peers) if peers else used
         ceiling = limit.nominal
-        if quota.cohort:
+        if quota.cohort and self.borrowing:
             extra = limit.borrowing_limit
             ceiling = min(pool_nominal, ceiling + (pool_nominal if extra is None else extra))
         what = key.describe()

@@ -1,0 +1,151 @@
+"""Queues' quotas as placement sees them: nominal amounts, borrowing in a cohort and its limits,
+per-cluster scopes, and the reason a waiting gang shows (quota before capacity)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kaon.api.resources import Resources
+from kaon.placement import Placed, PoolOffer, Preference, Waiting, decide, plan
+from kaon.placement.model import GangDemand
+from kaon.placement.quota import Consumption, Limit, QueueQuota, QuotaBook, QuotaKey
+
+GPU_NODE = Resources.of(cpu=64, memory="512Gi", gpus=8, pods=110)
+CPU_NODE = Resources.of(cpu=32, memory="128Gi", pods=110)
+A100 = QuotaKey("gpus", "nvidia-a100")
+
+
+def pool(
+    cluster: str, name: str, node: Resources, nodes: int, accel: str | None = None
+) -> PoolOffer:
+    return PoolOffer(
+        cluster=cluster,
+        pool=name,
+        accelerator=accel,
+        cost_per_hour=10.0 if accel else 1.0,
+        cluster_labels={},
+        available=True,
+        node_free=(node,) * nodes,
+        node_allocatable=(node,) * nodes,
+    )
+
+
+EAST_A100 = pool("east", "gpu-a100", GPU_NODE, 4, "nvidia-a100")
+EAST_CPU = pool("east", "cpu", CPU_NODE, 4)
+
+
+def gang(
+    key: str, queue: str | None, gpus: int = 4, workers: int = 1, created: str = ""
+) -> GangDemand:
+    prefs = (Preference("gpu"),) if gpus else (Preference("cpu"),)
+    per = Resources.of(4, "8Gi", gpus, 1)
+    return GangDemand(key, workers, per, prefs, created=created, queue=queue)
+
+
+def book(*queues: QueueQuota) -> QuotaBook:
+    return QuotaBook(queues)
+
+
+def gpus(n: int, cluster: str = "east") -> Consumption:
+    return Consumption(cluster, "nvidia-a100", 4000, 8 << 30, n, 0)
+
+
+def test_a_queue_admits_up_to_its_nominal_quota_then_waits_saying_how_much_is_missing() -> None:
+    quotas = book(QueueQuota("team-a", limits={A100: Limit(8)}))
+    got = plan([gang(f"a/{i}", "team-a", created=f"{i}") for i in range(3)], [EAST_A100], quotas)
+    assert [type(got[f"a/{i}"]) for i in range(3)] == [Placed, Placed, Waiting]
+    waiting = got["a/2"]
+    assert isinstance(waiting, Waiting) and waiting.reason == "WaitingForQuota"
+    assert waiting.message == ("queue team-a: needs 4 nvidia-a100 GPUs, 0 of 8 free (8 in use)")
+
+
+def test_a_gang_bigger_than_its_queue_can_ever_hold_says_quota_exceeded() -> None:
+    quotas = book(QueueQuota("team-a", limits={A100: Limit(8)}))
+    got = decide(gang("a/big", "team-a", gpus=8, workers=2), [EAST_A100], quotas)
+    assert isinstance(got, Waiting) and got.reason == "QuotaExceeded"
+    assert "needs 16 nvidia-a100 GPUs, more than the queue can ever hold (8" in got.message
+
+
+def test_quota_is_told_before_capacity_when_both_stop_a_gang() -> None:
+    full = replace(EAST_A100, node_free=(GPU_NODE - Resources(gpus=8),) * 4)
+    quotas = book(QueueQuota("team-a", limits={A100: Limit(4)}))
+    quotas.take("team-a", gpus(4))
+    got = decide(gang("a/1", "team-a"), [full], quotas)
+    assert isinstance(got, Waiting) and got.reason == "WaitingForQuota"
+    assert decide(gang("a/1", None), [full], quotas) == Waiting(
+        "InsufficientGPU", "pool gpu-a100 in cluster east has 0 of 4 GPUs free for 1 workers"
+    )
+
+
+def test_an_unqueued_gang_and_an_unlisted_resource_are_not_limited() -> None:
+    quotas = book(QueueQuota("team-a", limits={A100: Limit(0)}))
+    assert isinstance(decide(gang("x/1", None), [EAST_A100], quotas), Placed)
+    assert isinstance(decide(gang("a/cpu", "team-a", gpus=0), [EAST_CPU], quotas), Placed)
+
+
+def test_a_queue_borrows_its_cohorts_unused_quota_up_to_its_borrowing_limit() -> None:
+    a = QueueQuota("team-a", "research", limits={A100: Limit(4, borrowing_limit=4)})
+    b = QueueQuota("team-b", "research", limits={A100: Limit(8)})
+    quotas = book(a, b)
+    got = plan([gang(f"a/{i}", "team-a", created=f"{i}") for i in range(3)], [EAST_A100], quotas)
+    assert [type(got[f"a/{i}"]) for i in range(3)] == [Placed, Placed, Waiting]
+    assert [(u.used, u.borrowed) for u in quotas.usage("team-a")] == [(8, 4)]
+    over = got["a/2"]
+    assert isinstance(over, Waiting) and over.message.startswith("queue team-a: needs 4")
+
+
+def test_a_queue_whose_nominal_is_lent_out_waits_naming_the_cohort() -> None:
+    a = QueueQuota("team-a", "research", limits={A100: Limit(4)})
+    b = QueueQuota("team-b", "research", limits={A100: Limit(4)})
+    quotas = book(a, b)
+    quotas.take("team-b", gpus(8))  # team-b borrowed all of team-a's idle GPUs
+    got = decide(gang("a/1", "team-a"), [EAST_A100], quotas)
+    assert isinstance(got, Waiting) and got.reason == "WaitingForQuota"
+    assert "lent to other queues of cohort research" in got.message
+    b_more = decide(gang("b/1", "team-b"), [EAST_A100], quotas)
+    assert isinstance(b_more, Waiting) and b_more.message.startswith("queue team-b: needs 4")
+
+
+def test_a_quota_scoped_to_a_cluster_counts_only_what_runs_there() -> None:
+    west_a100 = pool("west", "gpu-a100", GPU_NODE, 4, "nvidia-a100")
+    east_only = QuotaKey("gpus", "nvidia-a100", "east")
+    quotas = book(QueueQuota("team-a", limits={east_only: Limit(4)}))
+    quotas.take("team-a", gpus(4, "east"))
+    got = decide(gang("a/1", "team-a"), [EAST_A100, west_a100], quotas)
+    assert isinstance(got, Placed) and got.cluster == "west"
+
+
+def test_a_budget_in_cost_per_hour_limits_what_a_queue_runs() -> None:
+    # One A100 worker of 4 GPUs takes half a node: 5 of the pool's 10 per node-hour.
+    budget = QuotaKey("costPerHour")
+    quotas = book(QueueQuota("team-a", limits={budget: Limit(12_000)}))
+    got = plan([gang(f"a/{i}", "team-a", created=f"{i}") for i in range(3)], [EAST_A100], quotas)
+    assert [type(got[f"a/{i}"]) for i in range(3)] == [Placed, Placed, Waiting]
+    first = got["a/0"]
+    assert isinstance(first, Placed) and first.cost_per_hour == 5.0
+    assert "needs 5 cost per hour, 2 of 12 free (10 in use)" in got["a/2"].message  # type: ignore[union-attr]
+
+
+def test_a_gang_falls_back_to_a_pool_its_quota_allows() -> None:
+    quotas = book(QueueQuota("team-a", limits={A100: Limit(0)}))
+    prefs = (Preference("gpu", "nvidia-a100"), Preference("cpu"))
+    wanted = GangDemand("a/1", 1, Resources.of(4, "8Gi", 4, 1), prefs, queue="team-a")
+    got = decide(wanted, [EAST_A100, EAST_CPU], quotas)
+    assert isinstance(got, Placed) and got.pool == "cpu" and got.gpus_per_worker == 0
+
+
+def test_quota_freed_in_a_cohort_goes_to_its_lender_before_an_older_borrower() -> None:
+    a = QueueQuota("team-a", "research", limits={A100: Limit(4)})
+    b = QueueQuota("team-b", "research", limits={A100: Limit(4)})
+    quotas = book(a, b)
+    quotas.take("team-a", gpus(4))  # team-a at its nominal; team-b's 4 are idle again
+    borrower = gang("a/older", "team-a", created="1")
+    lender = gang("b/newer", "team-b", created="2")
+    got = plan([borrower, lender], [EAST_A100], quotas)
+    assert isinstance(got["b/newer"], Placed)
+    waiting = got["a/older"]
+    assert isinstance(waiting, Waiting) and waiting.reason == "WaitingForQuota"
+    again = book(a, b)
+    again.take("team-a", gpus(4))
+    alone = plan([gang("a/older", "team-a", created="1")], [EAST_A100], again)
+    assert isinstance(alone["a/older"], Placed)  # with nobody else asking, it may borrow
