@@ -480,6 +480,20 @@ BOUND_CASES = [
         f"{AT_LEAST} 0",
     ),
     Case(
+        "a negative minimum runtime",
+        "TrainingJob",
+        JOB | {"runPolicy": {"minRuntimeSeconds": -5}},
+        "spec.runPolicy.minRuntimeSeconds",
+        f"{AT_LEAST} 0",
+    ),
+    Case(
+        "a minimum runtime beyond a year",
+        "TrainingJob",
+        JOB | {"runPolicy": {"minRuntimeSeconds": 400 * 24 * 3600}},
+        "spec.runPolicy.minRuntimeSeconds",
+        AT_MOST,
+    ),
+    Case(
         "priority over 1000",
         "TrainingJob",
         JOB | {"runPolicy": {"priority": 1001}},

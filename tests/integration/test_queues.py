@@ -45,14 +45,18 @@ def queue(name: str, cohort: str, nominal: int, **more: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def teams(kaon_rig: Rig, namespace: str) -> Iterator[tuple[str, str]]:
-    """Queues team-a and team-b (4 A100s each) in one cohort; the namespace uses team-a."""
+    """Queues team-a and team-b (4 A100s each) in one cohort; the namespace uses team-a.
+    team-b waits for what it lent instead of reclaiming it (see test_queue_preemption)."""
     custom = client.CustomObjectsApi(kaon_rig.api("hub"))
     suffix = namespace.rsplit("-", 1)[-1]
     a, b = f"team-a-{suffix}", f"team-b-{suffix}"
     cohort = f"research-{suffix}"
     custom.create_cluster_custom_object(GROUP, VERSION, "queues", queue(a, cohort, 4))
     custom.create_cluster_custom_object(
-        GROUP, VERSION, "queues", queue(b, cohort, 4, namespaceSelector={})
+        GROUP,
+        VERSION,
+        "queues",
+        queue(b, cohort, 4, namespaceSelector={}, preemption={"reclaimWithinCohort": "Never"}),
     )
     kaon_rig.core("hub").patch_namespace(namespace, {"metadata": {"labels": {QUEUE_LABEL: a}}})
     yield a, b

@@ -286,6 +286,13 @@ def test_out_of_range_values_are_refused_naming_the_field(
     assert case.field in message and case.says in message, message
 
 
+def test_an_unknown_queue_preemption_policy_is_refused(kaon_rig: Rig, namespace: str) -> None:
+    spec = {"preemption": {"reclaimWithinCohort": "Sometimes"}}
+    case = Case("preemption policy", "Queue", spec, "spec.preemption.reclaimWithinCohort", "")
+    message = refused_with(kaon_rig, namespace, case)
+    assert case.field in message and "Unsupported value" in message, message
+
+
 CAREFUL_USER = [
     (
         "a huge quantity string",

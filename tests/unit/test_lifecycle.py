@@ -1,6 +1,6 @@
 from typing import Any
 
-from kaon.api.trainingjob import TrainingJobStatus
+from kaon.api.trainingjob import JobPlacement, TrainingJobStatus
 from kaon.lifecycle import (
     Fail,
     JobView,
@@ -13,6 +13,9 @@ from kaon.lifecycle import (
     observe_pod,
 )
 from kaon.lifecycle import status as transitions
+from kaon.lifecycle.conditions import find_condition
+
+NOW = "2026-12-06T12:00:00Z"
 
 
 def pod(phase: str, *, code: int | None = None, reason: str = "", **extra: Any) -> dict[str, Any]:
@@ -128,3 +131,29 @@ def test_a_job_waits_as_said_only_with_the_same_reason_and_message() -> None:
     assert transitions.waits_as_said(waiting, "InsufficientGPU", "pool a has 0 of 8 GPUs free")
     assert not transitions.waits_as_said(waiting, "InsufficientGPU", "pool a has 2 of 8 GPUs free")
     assert not transitions.waits_as_said(waiting, "InsufficientCPU", "pool a has 0 of 8 GPUs free")
+
+
+def cond(s: TrainingJobStatus, type_: str) -> tuple[str, str]:
+    found = find_condition(s.conditions, type_)
+    assert found is not None
+    return found.status, found.reason
+
+
+def test_a_victim_keeps_its_placement_until_its_workers_leave_then_waits_as_a_new_attempt() -> None:
+    placement = JobPlacement(cluster="east", pool="gpu", accelerator="nvidia-a100")
+    running = transitions.admitted(TrainingJobStatus(), placement, 2, 1, NOW)
+    leaving = transitions.preempting(running, "ns/urgent", "Reclaimed", "by ns/urgent", 1, NOW)
+    assert transitions.leaving(leaving) and leaving.placement == placement
+    assert cond(leaving, "Preempted") == ("True", "Reclaimed")
+    gone = transitions.preempted(leaving, 1, NOW)
+    assert not transitions.leaving(gone)
+    assert (gone.state, gone.placement, gone.attempt, gone.preemptions, gone.restarts) == (
+        "Waiting",
+        None,
+        running.attempt + 1,
+        1,
+        0,
+    )
+    again = transitions.admitted(gone, placement, 2, 1, NOW)
+    assert again.preempted_by is None
+    assert cond(again, "Preempted") == ("False", "PlacedAgain")

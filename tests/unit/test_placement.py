@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from kaon.api.common import LabelSelector
 from kaon.api.resources import Resources
 from kaon.api.trainingjob import TrainingJobSpec
@@ -68,7 +70,15 @@ FALLBACK = (Preference("gpu", "nvidia-a100"), Preference("gpu"), Preference("cpu
 
 def test_gang_goes_to_the_first_preference_that_fits() -> None:
     got = decide(demand(workers=2, gpus=4, prefs=FALLBACK), ALL)
-    assert got == Placed("east", "gpu-a100", "nvidia-a100", 4, (2, 0), 30.0)  # a node-worth
+    assert got == Placed(  # a node-worth
+        "east",
+        "gpu-a100",
+        "nvidia-a100",
+        4,
+        (2, 0),
+        30.0,
+        "preference 1 (nvidia-a100 GPU pools): 30/h, the only pool with room",
+    )
 
 
 def test_gpu_then_cpu_fallback_when_gpu_pools_are_full() -> None:
@@ -167,3 +177,40 @@ def test_default_preferences_follow_the_gpu_request() -> None:
     assert preferences(cpu) == (Preference("cpu"),)
     d = gang_demand("ns/x", gpu)
     assert d.per_worker == Resources.of(1, "2Gi", 2, 1)
+
+
+def test_the_gangs_cost_then_free_capacity_choose_and_the_why_names_the_runner_up() -> None:
+    # Equal node prices, but west's bigger nodes make the same gang cheaper there.
+    big = Resources.of(cpu=64, memory="256Gi", pods=110)
+    east, west = offer("east", "cpu", CPU_NODE, 4), offer("west", "cpu", big, 4)
+    got = decide(demand(workers=2), [east, west])
+    assert isinstance(got, Placed) and got.cluster == "west"
+    assert got.why == (
+        "preference 1 (cpu): 0.125/h, the cheapest of 2 pools with room; "
+        "next pool cpu in cluster east at 0.25/h"
+    )
+    # At the same gang cost, the pool left with more free capacity wins.
+    busy = offer("east", "cpu", CPU_NODE, 4, used=Resources.of(cpu=16))
+    idle = offer("west", "cpu", CPU_NODE, 4)
+    got = decide(demand(workers=2), [busy, idle])
+    assert isinstance(got, Placed) and got.cluster == "west"
+    assert "as cheap as the next of 2 pools with room, with more free" in got.why
+
+
+def test_the_why_names_the_preferred_pool_that_was_rejected() -> None:
+    full = offer("east", "gpu-a100", GPU_NODE, 2, accelerator="nvidia-a100", used=Resources(gpus=8))
+    got = decide(demand(workers=1, gpus=4, prefs=FALLBACK), [full, T4])
+    assert isinstance(got, Placed) and got.pool == "gpu-t4"
+    assert got.why.startswith("preference 2 (gpu GPU pools): ")
+    assert got.why.endswith("; preferred pool gpu-a100 in cluster east rejected: InsufficientGPU")
+
+
+def test_spot_pools_take_only_gangs_that_opt_in() -> None:
+    spot = replace(offer("east", "cpu-spot", CPU_NODE, 4, cost=0.3), spot=True)
+    got = decide(demand(workers=1), [spot, EAST_CPU])
+    assert isinstance(got, Placed) and got.pool == "cpu"
+    opted = replace(demand(workers=1), spot=True)
+    got = decide(opted, [spot, EAST_CPU])
+    assert isinstance(got, Placed) and got.pool == "cpu-spot"
+    only_spot = decide(demand(workers=1), [spot])
+    assert isinstance(only_spot, Unplaceable) and only_spot.reason == "NoPoolFits"

@@ -3,12 +3,22 @@ per-cluster scopes, and the reason a waiting gang shows (quota before capacity).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 from kaon.api.resources import Resources
+from kaon.controllers.queue import export_gauges
+from kaon.engine.metrics import REGISTRY
 from kaon.placement import Placed, PoolOffer, Preference, Waiting, decide, plan
 from kaon.placement.model import GangDemand
-from kaon.placement.quota import Consumption, Limit, QueueQuota, QuotaBook, QuotaKey
+from kaon.placement.quota import (
+    Consumption,
+    Limit,
+    QueueQuota,
+    QuotaBook,
+    QuotaKey,
+    gpu_prices,
+)
 
 GPU_NODE = Resources.of(cpu=64, memory="512Gi", gpus=8, pods=110)
 CPU_NODE = Resources.of(cpu=32, memory="128Gi", pods=110)
@@ -149,3 +159,49 @@ def test_quota_freed_in_a_cohort_goes_to_its_lender_before_an_older_borrower() -
     again.take("team-a", gpus(4))
     alone = plan([gang("a/older", "team-a", created="1")], [EAST_A100], again)
     assert isinstance(alone["a/older"], Placed)  # with nobody else asking, it may borrow
+
+
+def test_borrowing_follows_weighted_fair_shares_oldest_first_among_equals() -> None:
+    # A lender's 16 idle GPUs; team-b weighs three times team-a, and team-a's gangs are older.
+    quotas = book(
+        QueueQuota("lender", "lab", limits={A100: Limit(16)}),
+        QueueQuota("team-a", "lab", weight=1.0, limits={A100: Limit(0)}),
+        QueueQuota("team-b", "lab", weight=3.0, limits={A100: Limit(0)}),
+    )
+    demands = [gang(f"a/{i}", "team-a", created=f"0{i}") for i in range(4)]
+    demands += [gang(f"b/{i}", "team-b", created=f"1{i}") for i in range(4)]
+    got = plan(demands, [EAST_A100], quotas)
+    placed = sorted(k for k, o in got.items() if isinstance(o, Placed))
+    assert placed == ["a/0", "b/0", "b/1", "b/2"]
+
+
+def test_expensive_gpus_weigh_more_in_a_queues_share() -> None:
+    t4 = QuotaKey("gpus", "nvidia-t4")
+    queues = [
+        QueueQuota("team-a", "lab", limits={A100: Limit(8), t4: Limit(8)}),
+        QueueQuota("team-b", "lab", limits={A100: Limit(8), t4: Limit(8)}),
+    ]
+    quotas = book(*queues)
+    quotas.take("team-a", Consumption("east", "nvidia-a100", 0, 0, 4, 0))  # 1/4 of the A100s
+    quotas.take("team-b", Consumption("east", "nvidia-t4", 0, 0, 8, 0))  # 1/2 of the T4s
+    assert quotas.share("team-b") > quotas.share("team-a")
+    t4_pool = replace(pool("east", "gpu-t4", GPU_NODE, 1, "nvidia-t4"), cost_per_hour=2.5)
+    quotas.prices = gpu_prices([EAST_A100, t4_pool])
+    assert quotas.prices == {"nvidia-a100": 4.0, "nvidia-t4": 1.0}
+    assert quotas.share("team-a") > quotas.share("team-b")
+
+
+def test_queue_gauges_follow_usage_and_drop_what_is_gone() -> None:
+    quotas = book(QueueQuota("gauged", limits={A100: Limit(8)}))
+    quotas.take("gauged", gpus(4))
+    exported: set[tuple[str, ...]] = set()
+    waiting = Counter({("gauged", "WaitingForQuota"): 2})
+    export_gauges(quotas, Counter({"gauged": 1}), waiting, Counter({"gauged": 2500}), exported)
+    labels = {"queue": "gauged", "resource": "gpus", "accelerator": "nvidia-a100", "cluster": ""}
+    assert REGISTRY.get_sample_value("kaon_queue_usage", labels) == 4
+    assert REGISTRY.get_sample_value("kaon_queue_nominal_quota", labels) == 8
+    pending = {"queue": "gauged", "state": "pending", "reason": "WaitingForQuota"}
+    assert REGISTRY.get_sample_value("kaon_queue_workloads", pending) == 2
+    assert REGISTRY.get_sample_value("kaon_queue_cost_per_hour", {"queue": "gauged"}) == 2.5
+    export_gauges(quotas, Counter(), Counter(), Counter(), exported)  # nobody waits any more
+    assert REGISTRY.get_sample_value("kaon_queue_workloads", pending) is None

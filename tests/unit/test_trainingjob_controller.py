@@ -112,12 +112,16 @@ async def test_admission_places_the_gang_and_says_where(world: World) -> None:
         "accelerator": "",
         "gpusPerWorker": 0,
         "costPerHour": 1.5,  # 2 workers of 6 of a node's 8 cores, 1 per node-hour
+        "why": "preference 1 (cpu): 1.5/h, the only pool with room",
     }
     assert status["admittedAt"] == rfc3339(world.clock)
     assert status["workers"]["total"] == 2 and status["observedGeneration"] == 1
     assert condition(status, "Admitted")["status"] == "True"
     (event,) = world.events("j1", "Placed")
-    assert event["message"] == "pool cpu in cluster west" and event["type"] == "Normal"
+    assert event["message"] == (
+        "pool cpu in cluster west: preference 1 (cpu): 1.5/h, the only pool with room"
+    )
+    assert event["type"] == "Normal"
     assert event["involvedObject"]["kind"] == "TrainingJob"
 
 

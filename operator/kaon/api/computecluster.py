@@ -58,7 +58,13 @@ class PoolSpec(Spec):
         default=0.0,
         ge=0.0,
         le=MAX_COST_PER_HOUR,
-        description="Cost of one node-hour (0 to 1e6); the tie-break between pools.",
+        description="Cost of one node-hour (0 to 1e6): a gang's cost per hour is this times "
+        "the nodes' worth it takes, and the cheapest fitting pool wins.",
+    )
+    spot: bool = Field(
+        default=False,
+        description="Spot or preemptible nodes: cheaper, and they may vanish. Only workloads "
+        "with spec.placement.spot take them.",
     )
 
 

@@ -132,6 +132,10 @@ class ServingPlacement(Spec):
     cluster_selector: LabelSelector | None = Field(
         default=None, description="Only member clusters whose ComputeCluster labels match."
     )
+    spot: bool = Field(
+        default=False,
+        description="Replicas may run on spot pools (cheaper; lost replicas are replaced).",
+    )
     clusters: int = Field(
         default=1,
         ge=1,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import Field, StrictInt
+from pydantic.config import JsonDict
 
 from kaon.api.common import (
     Condition,
@@ -23,6 +24,7 @@ from kaon.api.common import (
 from kaon.api.resources import parse
 from kaon_kernels.config import Spec, rule
 
+DEFAULT_OBJECT: JsonDict = {"default": {}}
 # Large enough for any fleet (an exa-unit), small enough to be a bound.
 Amount = Annotated[StrictInt | QuantityText, quantity_between("0", "1E", "quota")]
 QuotaResource = Literal["cpu", "memory", "gpus", "costPerHour"]
@@ -80,6 +82,21 @@ class Quota(Spec):
         return f"{self.resource}/{_key(self.accelerator, self.cluster)}"
 
 
+class QueuePreemption(Spec):
+    """Whom the queue's waiting jobs may preempt. Victims save a checkpoint, go back to wait
+    and resume where they stopped; a job inside its runPolicy.minRuntimeSeconds is spared."""
+
+    reclaim_within_cohort: Literal["Any", "Never"] = Field(
+        default="Any",
+        description="Any: take back lent nominal quota by preempting jobs of the cohort's "
+        "queues that borrow. Never: wait until they finish.",
+    )
+    within_queue: Literal["LowerPriority", "Never"] = Field(
+        default="LowerPriority",
+        description="LowerPriority: preempt the queue's own jobs of lower priority.",
+    )
+
+
 class QueueSpec(Spec):
     """Who may submit to the queue, what it is guaranteed, and where it may borrow."""
 
@@ -102,6 +119,11 @@ class QueueSpec(Spec):
         default_factory=list,
         max_length=MAX_QUOTAS,
         description="Nominal quota per resource. A resource not listed is not limited.",
+    )
+    preemption: QueuePreemption = Field(
+        default_factory=QueuePreemption,
+        description="Preemption by the queue's waiting jobs.",
+        json_schema_extra=DEFAULT_OBJECT,
     )
 
     @rule(

@@ -75,6 +75,11 @@ class Placement(Spec):
     cluster_selector: LabelSelector | None = Field(
         default=None, description="Only member clusters whose ComputeCluster labels match."
     )
+    spot: bool = Field(
+        default=False,
+        description="May run on spot pools (cheaper; when their nodes vanish the gang restarts "
+        "from its last checkpoint, not charged).",
+    )
 
 
 class Checkpointing(Spec):
@@ -154,7 +159,17 @@ class RunPolicy(Spec):
         default=False, description="Suspended jobs have no pods; resuming places them again."
     )
     priority: int = Field(
-        default=0, ge=-1000, le=1000, description="Higher is placed first; FIFO among equals."
+        default=0,
+        ge=-1000,
+        le=1000,
+        description="Higher is placed first; FIFO among equals. In a queue, a waiting job may "
+        "preempt the queue's running jobs of lower priority.",
+    )
+    min_runtime_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=YEAR_S,
+        description="Once admitted, the job is not preempted for this long (at most a year).",
     )
     failover: Failover = Field(
         default_factory=Failover,
@@ -237,6 +252,9 @@ class JobPlacement(Spec):
     cost_per_hour: float = Field(
         default=0.0, description="The gang's cost per hour there (pool cost per node-worth)."
     )
+    why: ShortString = Field(
+        default="", description="Why this pool: the rule that chose it and the best alternative."
+    )
 
 
 class WorkerCounts(Spec):
@@ -298,6 +316,13 @@ class TrainingJobStatus(Spec):
     )
     failed_over_from: ShortString | None = Field(
         default=None, description="The lost cluster the gang is moving from, until placed again."
+    )
+    preemptions: int = Field(
+        default=0, description="Times the gang was preempted and put back to wait (not charged)."
+    )
+    preempted_by: ShortString | None = Field(
+        default=None,
+        description="The job (namespace/name) that preempted this one, until it is placed again.",
     )
     admitted_at: ShortString | None = Field(default=None, description="When it was admitted.")
     start_time: ShortString | None = Field(default=None, description="When all workers ran.")

@@ -18,6 +18,7 @@ from kaon.api.queue import QueueSpec, QueueStatus, QuotaUsage
 from kaon.api.resources import parse
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, KubeClient, Obj
+from kaon.engine import metrics
 from kaon.placement import Waiting
 from kaon.placement.quota import Consumption, KeyUsage, Limit, QueueQuota, QuotaBook, QuotaKey
 
@@ -36,7 +37,15 @@ def queue_quota(name: str, spec: QueueSpec) -> QueueQuota:
         limits[QuotaKey(q.resource, q.accelerator, q.cluster)] = Limit(
             int(parse(q.nominal) * scale), borrow
         )
-    return QueueQuota(name, spec.cohort, spec.weight, limits)
+    policy = spec.preemption
+    return QueueQuota(
+        name,
+        spec.cohort,
+        spec.weight,
+        limits,
+        reclaim=policy.reclaim_within_cohort == "Any",
+        within_queue=policy.within_queue == "LowerPriority",
+    )
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class Use:
 
     queue: str
     consumption: Consumption | None  # None: waiting
+    reason: str = ""  # why it waits
 
 
 Uses = Callable[[], Iterable[Use]]
@@ -57,6 +67,7 @@ class QueueController:
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
         self._published: dict[str, QueueStatus] = {}
         self._uses: list[Uses] = []
+        self._exported: set[tuple[str, ...]] = set()  # metric label sets, to drop stale ones
 
     def register(self, uses: Uses) -> None:
         self._uses.append(uses)
@@ -122,9 +133,16 @@ class QueueController:
         book = self.book()
         admitted: Counter[str] = Counter()
         pending: Counter[str] = Counter()
+        waiting: Counter[tuple[str, str]] = Counter()
+        cost: Counter[str] = Counter()
         for uses in self._uses:
             for use in uses():
                 (pending if use.consumption is None else admitted)[use.queue] += 1
+                if use.consumption is None:
+                    waiting[use.queue, use.reason] += 1
+                else:
+                    cost[use.queue] += use.consumption.milli_cost
+        export_gauges(book, admitted, waiting, cost, self._exported)
         for name, (gen, _) in list(self.specs.items()):
             usage = book.usage(name)
             status = QueueStatus(
@@ -142,6 +160,41 @@ class QueueController:
                     {"status": status.model_dump(mode="json", by_alias=True)},
                 )
                 self._published[name] = status
+
+
+def export_gauges(
+    book: QuotaBook,
+    admitted: Counter[str],
+    waiting: Counter[tuple[str, str]],
+    cost: Counter[str],
+    exported: set[tuple[str, ...]],
+) -> None:
+    """The queues' Prometheus gauges; label sets no longer seen are removed."""
+    seen: set[tuple[str, ...]] = set()
+    for name in book.queues:
+        for u in book.usage(name):
+            labels = (name, u.key.resource, u.key.accelerator or "", u.key.cluster or "")
+            scale = SCALE[u.key.resource]
+            metrics.QUEUE_USAGE.labels(*labels).set(u.used / scale)
+            metrics.QUEUE_NOMINAL.labels(*labels).set(u.nominal / scale)
+            seen.add(("usage", *labels))
+        metrics.QUEUE_WORKLOADS.labels(name, "admitted", "").set(admitted[name])
+        metrics.QUEUE_COST.labels(name).set(cost[name] / 1000)
+        seen |= {("workloads", name, "admitted", ""), ("cost", name)}
+    for (name, reason), n in waiting.items():
+        metrics.QUEUE_WORKLOADS.labels(name, "pending", reason).set(n)
+        seen.add(("workloads", name, "pending", reason))
+    gauges = {
+        "usage": (metrics.QUEUE_USAGE, metrics.QUEUE_NOMINAL),
+        "workloads": (metrics.QUEUE_WORKLOADS,),
+        "cost": (metrics.QUEUE_COST,),
+    }
+    for stale in exported - seen:
+        for gauge in gauges[stale[0]]:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*stale[1:])
+    exported.clear()
+    exported |= seen
 
 
 def _allows(selector: LabelSelector | None, labels: dict[str, str]) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -51,8 +52,9 @@ from kaon.placement import (
     Waiting,
     gang_demand,
 )
-from kaon.placement.demand import held_by_job, job_consumption
+from kaon.placement.demand import held_by_job, job_consumption, running_gang
 from kaon.placement.health import failover_wait
+from kaon.placement.preempt import Preemption, RunningGang
 
 log = logging.getLogger(__name__)
 PLURAL = "trainingjobs"
@@ -62,6 +64,7 @@ UNREACHABLE_RETRY_S = 2.0
 EXPECTATION_TTL_S = 30.0
 COUNTS_INTERVAL_S = 1.0  # at most one status write a second for worker counts alone
 LAUNCHED_ALONE_S = 10.0  # `launched` waits this long for a write to ride along with
+LEAVING_POLL_S = 1.0  # a preempted gang looks this often until its workers are gone
 PLACEMENT_WRITES = 32  # status writes of one placement pass in flight at once
 
 
@@ -224,7 +227,36 @@ class TrainingJobController(Reconciler):
         if status.placement is None:
             self.want_placement()
             return None
+        if transitions.leaving(status):
+            return await self._leave(key, body, spec, status, gen)
         return await self._run_placed(key, body, spec, status, gen)
+
+    async def _leave(
+        self, key: ObjectKey, body: Obj, spec: TrainingJobSpec, status: TrainingJobStatus, gen: int
+    ) -> float | None:
+        """A preempted gang: its workers get SIGTERM (and save a checkpoint within their grace
+        period); once none is left it waits again, as a new attempt."""
+        assert status.placement is not None
+        member = self.fleet.member(status.placement.cluster)
+        if member is None or not member.ready:
+            return await self._cluster_unready(key, body, spec, status, member, gen)
+        pods = member.pods_of(key)
+        if pods:
+            undeleted = any(not p["metadata"].get("deletionTimestamp") for p in pods.values())
+            if undeleted and not await self.workers.remove_all(key, member.name):
+                return UNREACHABLE_RETRY_S
+            return LEAVING_POLL_S
+        memory = self.memory.of(key)
+        memory.launched_attempt, memory.expected = None, {}
+        body = await self._patch(body, transitions.preempted(status, gen, self.now()))
+        await self.event(
+            body,
+            "Normal",
+            "Requeued",
+            f"workers of attempt {status.attempt} saved and stopped; waiting to be placed again",
+        )
+        self.want_placement()
+        return None
 
     async def _run_placed(
         self, key: ObjectKey, body: Obj, spec: TrainingJobSpec, status: TrainingJobStatus, gen: int
@@ -539,12 +571,42 @@ class TrainingJobController(Reconciler):
             elif status.placement is None and not spec.run_policy.suspend:
                 queue, _ = self.queues.resolve(key[0], spec.queue)
                 if queue is not None:
-                    yield Use(queue, None)
+                    admitted = find_condition(status.conditions, "Admitted")
+                    yield Use(queue, None, admitted.reason if admitted else "Pending")
 
-    async def place_waiting(self) -> None:
-        waiting = list(self._waiting())
-        if not waiting:
-            return
+    def running_gangs(self) -> Iterator[RunningGang]:
+        """Every admitted job of a queue, as a possible victim of preemption."""
+        for key, body in self.cache.items():
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            spec, status = self._parsed(body)
+            placement = status.placement
+            if spec is None or placement is None or status.state in transitions.TERMINAL:
+                continue
+            if not status.queue:
+                continue
+            member = self.fleet.member(placement.cluster)
+            attempt = str(status.attempt)
+            nodes: Counter[str] = Counter(
+                p["spec"]["nodeName"]
+                for p in (member.pods_of(key).values() if member else ())
+                if p["spec"].get("nodeName")
+                and p["metadata"]["labels"].get(ATTEMPT_LABEL) == attempt
+            )
+            yield running_gang(
+                f"{key[0]}/{key[1]}",
+                spec,
+                placement,
+                status.queue,
+                nodes,
+                seconds_since(self.clock, status.admitted_at) or 0.0,
+                status.preempted_by if transitions.leaving(status) else None,
+            )
+
+    def _demands(
+        self, waiting: list[tuple[ObjectKey, Obj, TrainingJobSpec, TrainingJobStatus]]
+    ) -> tuple[list[GangDemand], dict[str, Outcome]]:
+        """Waiting jobs as gang demands, each in its queue; or why one has no queue to wait in."""
         demands: list[GangDemand] = []
         outcomes: dict[str, Outcome] = {}
         for k, body, spec, _ in waiting:
@@ -554,9 +616,19 @@ class TrainingJobController(Reconciler):
                 outcomes[f"{k[0]}/{k[1]}"] = problem
             else:
                 demands.append(gang_demand(f"{k[0]}/{k[1]}", spec, created, queue))
+        return demands, outcomes
+
+    async def place_waiting(self) -> None:
+        waiting = list(self._waiting())
+        if not waiting:
+            return
+        demands, outcomes = self._demands(waiting)
         queue_of = {d.key: d.queue for d in demands}
-        outcomes |= self.admission.admit_gangs(demands, self.queues.book())
+        running = list(self.running_gangs()) if self.queues.specs else []
+        result = self.admission.admit_gangs(demands, self.queues.book(), running)
+        outcomes |= result.outcomes
         now = self.now()
+        await asyncio.gather(*(self._preempt(p, now) for p in result.preemptions))
         sem = asyncio.Semaphore(PLACEMENT_WRITES)
 
         async def apply(
@@ -583,6 +655,7 @@ class TrainingJobController(Reconciler):
                         accelerator=outcome.accelerator or "",
                         gpus_per_worker=outcome.gpus_per_worker,
                         cost_per_hour=round(outcome.cost_per_hour, 4),
+                        why=outcome.why,
                     )
                     admitted = transitions.admitted(status, placement, spec.workers, gen, now)
                     queue = queue_of[f"{key[0]}/{key[1]}"]
@@ -590,6 +663,7 @@ class TrainingJobController(Reconciler):
                     where = f"pool {outcome.pool} in cluster {outcome.cluster}" + (
                         f", queue {queue}" if queue else ""
                     )
+                    where += f": {outcome.why}" if outcome.why else ""
                     await self.event(body, "Normal", "Placed", where)
                     if status.failed_over_from:
                         message = transitions.failover_message(status, placement)
@@ -623,5 +697,45 @@ class TrainingJobController(Reconciler):
                 todo.append(apply(key, body, spec, status))
         await asyncio.gather(*todo)
 
+    async def _preempt(self, p: Preemption, now: str) -> None:
+        """Tell each victim to leave (its reconcile removes the workers) and say so on both."""
+        preemptor = self.cache.get(_split(p.preemptor))
+        queue = p.queue
+        if p.kind == "Reclaim":
+            reason, why = "Reclaimed", f"to reclaim quota lent by queue {queue}"
+        else:
+            reason, why = "PreemptedByPriority", f"by priority within queue {queue}"
+        for victim in p.victims:
+            key = _split(victim.key)
+            body = self.cache.get(key)
+            if body is None:
+                continue
+            _, status = self._parsed(body)
+            message = (
+                f"preempted by {p.preemptor} {why} in cluster {p.cluster}: "
+                "workers save a checkpoint and stop, then the job waits to be placed again"
+            )
+            gen = int(body["metadata"].get("generation", 0))
+            try:
+                body = await self._patch(
+                    body, transitions.preempting(status, p.preemptor, reason, message, gen, now)
+                )
+            except StaleView:
+                self.want_placement()
+                continue
+            await self.event(body, "Warning", "Preempted", message)
+            metrics.PREEMPTIONS.labels(victim.queue or "", reason).inc()
+            self.queue.add(key)
+        if preemptor is not None:
+            names = ", ".join(v.key for v in p.victims)
+            await self.event(
+                preemptor, "Normal", "Preempting", f"{names} in cluster {p.cluster}, {why}"
+            )
+
     async def _patch(self, body: Obj, status: TrainingJobStatus) -> Obj:
         return await self.write_status(body, status) or body
+
+
+def _split(key: str) -> ObjectKey:
+    namespace, _, name = key.partition("/")
+    return namespace, name

@@ -16,14 +16,14 @@ from kaon.api.names import ObjectKey
 from kaon.engine.fleet import Fleet
 from kaon.placement import (
     GangDemand,
-    Outcome,
     Placed,
     PoolOffer,
     Reservation,
     ServicePlan,
     place_service,
-    plan,
 )
+from kaon.placement.decide import PassResult, plan_pass
+from kaon.placement.preempt import RunningGang
 from kaon.placement.quota import QuotaBook
 
 Holder = Callable[[], Iterable[tuple[ObjectKey, Reservation]]]
@@ -50,9 +50,13 @@ class Admission:
         return self.fleet.offers(self.reservations(exclude))
 
     def admit_gangs(
-        self, demands: Sequence[GangDemand], book: QuotaBook | None = None
-    ) -> dict[str, Outcome]:
-        return plan(demands, self.offers(), book)
+        self,
+        demands: Sequence[GangDemand],
+        book: QuotaBook | None = None,
+        running: Sequence[RunningGang] = (),
+    ) -> PassResult:
+        """Where waiting gangs go, and whom those that still wait preempt."""
+        return plan_pass(demands, self.offers(), book, running)
 
     def admit_replicas(
         self,

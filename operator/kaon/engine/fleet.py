@@ -222,6 +222,8 @@ class Fleet:
                         and not reg.spec.suspend,
                         node_free=tuple(free),
                         node_allocatable=tuple(n.allocatable for n in nodes),
+                        node_names=tuple(n.name for n in usable) if member else (),
+                        spot=pool.spot,
                     )
                 )
         return offers

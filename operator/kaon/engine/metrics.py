@@ -2,7 +2,8 @@
 
 Events that happen once (a placement, an admission, a reconcile error) are counted or observed
 where they happen; states (jobs by phase, member health, pool capacity) are read from the
-operator's caches when Prometheus scrapes, so they cost nothing between scrapes.
+operator's caches when Prometheus scrapes, so they cost nothing between scrapes. Queues'
+gauges are the exception: set with each Queue status pass (every 2 s), which computes them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client import Counter as CounterMetric
+from prometheus_client import Gauge as GaugeMetric
 from prometheus_client import Histogram as HistogramMetric
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -46,6 +48,38 @@ FAILOVERS = CounterMetric(
     "kaon_trainingjob_failovers_total",
     "TrainingJob gangs moved off a member cluster that stopped answering.",
     ["cluster"],
+    registry=REGISTRY,
+)
+PREEMPTIONS = CounterMetric(
+    "kaon_queue_preemptions_total",
+    "TrainingJob gangs preempted, by the victim's queue and reason (Reclaimed, "
+    "PreemptedByPriority).",
+    ["queue", "reason"],
+    registry=REGISTRY,
+)
+QUOTA_LABELS = ("queue", "resource", "accelerator", "cluster")
+QUEUE_USAGE = GaugeMetric(
+    "kaon_queue_usage",
+    "What a queue's admitted workloads use of each quota (cores, bytes, devices, cost/h).",
+    QUOTA_LABELS,
+    registry=REGISTRY,
+)
+QUEUE_NOMINAL = GaugeMetric(
+    "kaon_queue_nominal_quota",
+    "A queue's nominal quota of each resource (cores, bytes, devices, cost/h).",
+    QUOTA_LABELS,
+    registry=REGISTRY,
+)
+QUEUE_WORKLOADS = GaugeMetric(
+    "kaon_queue_workloads",
+    "A queue's workloads, admitted or pending (by the reason they wait).",
+    ["queue", "state", "reason"],
+    registry=REGISTRY,
+)
+QUEUE_COST = GaugeMetric(
+    "kaon_queue_cost_per_hour",
+    "What a queue's admitted gangs cost per hour, in the pools' cost units.",
+    ["queue"],
     registry=REGISTRY,
 )
 TIME_TO_RUNNING = HistogramMetric(

@@ -50,6 +50,9 @@ def admitted(
     if s.failed_over_from:
         s = _cond(s, "FailedOver", True, "ClusterLost", failover_message(s, placement), gen, now)
     s = _cond(s, "Suspended", False, "Resumed", "", gen, now) if _has(s, "Suspended") else s
+    if s.preempted_by is not None:
+        again = f"placed again after preemption by {s.preempted_by}"
+        s = _cond(s, "Preempted", False, "PlacedAgain", again, gen, now)
     return _with(
         s,
         gen,
@@ -59,6 +62,7 @@ def admitted(
         launched=False,
         workers=WorkerCounts(total=workers),
         failed_over_from=None,
+        preempted_by=None,
     )
 
 
@@ -75,9 +79,17 @@ def failing_over(
     """The gang's cluster is lost: a new attempt waits for a placement elsewhere. Not charged
     to backoffLimit; the lost cluster's pods belong to the old attempt and are fenced off."""
     message = f"cluster {cluster} has not answered for {lost_for_s:.0f}s; placing the gang again"
+    s = _new_attempt_waits(s, "ClusterLost", message, gen, now)
+    return _with(s, gen, failovers=s.failovers + 1, failed_over_from=cluster)
+
+
+def _new_attempt_waits(
+    s: TrainingJobStatus, reason: str, message: str, gen: int, now: str
+) -> TrainingJobStatus:
+    """Off its placement, not charged: the gang waits to be placed again as a new attempt."""
     if _has(s, "Running"):
-        s = _cond(s, "Running", False, "ClusterLost", message, gen, now)
-    s = _cond(s, "Admitted", False, "ClusterLost", message, gen, now)
+        s = _cond(s, "Running", False, reason, message, gen, now)
+    s = _cond(s, "Admitted", False, reason, message, gen, now)
     return _with(
         s,
         gen,
@@ -85,10 +97,30 @@ def failing_over(
         placement=None,
         attempt=s.attempt + 1,
         launched=False,
-        failovers=s.failovers + 1,
-        failed_over_from=cluster,
         workers=WorkerCounts(total=s.workers.total),
     )
+
+
+def preempting(
+    s: TrainingJobStatus, by: str, reason: str, message: str, gen: int, now: str
+) -> TrainingJobStatus:
+    """Chosen as a victim: its workers get SIGTERM and save a checkpoint; the placement (and
+    what it holds) stays until they are gone, so the preemptor never overlaps them."""
+    s = _cond(s, "Preempted", True, reason, message, gen, now)
+    return _with(s, gen, preempted_by=by)
+
+
+def preempted(s: TrainingJobStatus, gen: int, now: str) -> TrainingJobStatus:
+    """The victim's workers are gone: it waits to be placed again as a new attempt, which
+    resumes from the checkpoint they saved. Not charged to backoffLimit."""
+    message = f"preempted by {s.preempted_by}; waiting to be placed again"
+    s = _new_attempt_waits(s, "Preempted", message, gen, now)
+    return _with(s, gen, preemptions=s.preemptions + 1)
+
+
+def leaving(s: TrainingJobStatus) -> bool:
+    """Being preempted: placed, with its workers on their way out."""
+    return s.preempted_by is not None and s.placement is not None
 
 
 def launched(s: TrainingJobStatus, gen: int) -> TrainingJobStatus:

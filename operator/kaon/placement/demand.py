@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from kaon.api.inferenceservice import InferenceServiceSpec
 from kaon.api.resources import Resources
 from kaon.api.trainingjob import JobPlacement, PoolPreference, TrainingJobSpec, WorkerResources
 from kaon.placement.model import GangDemand, Preference, Reservation
+from kaon.placement.preempt import RunningGang
 from kaon.placement.quota import Consumption
 
 
@@ -44,6 +45,7 @@ def gang_demand(
         priority=spec.run_policy.priority,
         created=created,
         queue=queue,
+        spot=spec.placement.spot,
     )
 
 
@@ -55,6 +57,7 @@ def replica_demand(key: str, spec: InferenceServiceSpec) -> GangDemand:
         per_worker=per_pod(spec.resources),
         preferences=pool_preferences(spec.placement.pool_preferences, spec.resources),
         cluster_selector=spec.placement.cluster_selector,
+        spot=spec.placement.spot,
     )
 
 
@@ -95,4 +98,29 @@ def job_consumption(spec: TrainingJobSpec, placement: JobPlacement) -> Consumpti
         total.memory,
         total.gpus,
         round(placement.cost_per_hour * 1000),
+    )
+
+
+def running_gang(
+    key: str,
+    spec: TrainingJobSpec,
+    placement: JobPlacement,
+    queue: str | None,
+    workers_on: Mapping[str, int],
+    running_s: float,
+    leaving_for: str | None,
+) -> RunningGang:
+    """An admitted job as a possible victim: `workers_on` counts its workers per node."""
+    per_worker = replace(per_pod(spec.resources), gpus=placement.gpus_per_worker)
+    return RunningGang(
+        key=key,
+        queue=queue,
+        priority=spec.run_policy.priority,
+        cluster=placement.cluster,
+        pool=placement.pool,
+        consumption=job_consumption(spec, placement),
+        on_nodes={node: per_worker.times(n) for node, n in workers_on.items()},
+        running_s=running_s,
+        protected=running_s < spec.run_policy.min_runtime_seconds,
+        leaving_for=leaving_for,
     )

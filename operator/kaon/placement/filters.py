@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kaon.api.resources import Resources
+from kaon.placement.cost import gang_cost
 from kaon.placement.model import GangDemand, PoolOffer
 
 GIB = 1 << 30
@@ -66,20 +67,55 @@ def room_now(demand: GangDemand, offer: PoolOffer) -> Rejection | None:
     return None
 
 
-FILTERS: tuple[PoolFilter, ...] = (fits_when_empty, cluster_available, room_now)
+def spot_opted_in(demand: GangDemand, offer: PoolOffer) -> Rejection | None:
+    """Spot pools (cheaper, their nodes may vanish) take only gangs that opt in."""
+    if offer.spot and not demand.spot:
+        return Rejection(
+            "SpotNotAllowed",
+            f"{offer.where()} is a spot pool and the job does not opt in (spec.placement.spot)",
+            never=True,
+        )
+    return None
 
 
-def by_cost(offer: PoolOffer) -> tuple[float | str, ...]:
-    """Cheapest first; ties by cluster and pool name, so the choice is deterministic."""
-    return (offer.cost_per_hour, offer.cluster, offer.pool)
+FILTERS: tuple[PoolFilter, ...] = (fits_when_empty, spot_opted_in, cluster_available, room_now)
+
+Score = tuple[float | str, ...]
+
+
+def by_cost(demand: GangDemand, offer: PoolOffer) -> Score:
+    """The gang's cost per hour there: cheapest first."""
+    return (round(gang_cost(demand, offer), 6),)
+
+
+def by_free_capacity(demand: GangDemand, offer: PoolOffer) -> Score:
+    """The pool left with the larger share of its GPUs (CPU pools: cores) free goes first,
+    so equal-cost gangs spread instead of filling one pool while another idles."""
+    need = demand.on(offer).times(demand.workers)
+    free = sum(offer.node_free, Resources())
+    total = sum(offer.node_allocatable, Resources())
+    if offer.is_gpu:
+        left, whole = free.gpus - need.gpus, total.gpus
+    else:
+        left, whole = free.milli_cpu - need.milli_cpu, total.milli_cpu
+    return (-round(left / whole, 6) if whole else 0.0,)
+
+
+def by_name(_demand: GangDemand, offer: PoolOffer) -> Score:
+    """Ties by cluster and pool name, so the choice is deterministic."""
+    return (offer.cluster, offer.pool)
 
 
 # Within the first pool preference that has a passing pool, the lowest key wins.
-SCORE_KEYS: tuple[Callable[[PoolOffer], tuple[float | str, ...]], ...] = (by_cost,)
+SCORE_KEYS: tuple[Callable[[GangDemand, PoolOffer], Score], ...] = (
+    by_cost,
+    by_free_capacity,
+    by_name,
+)
 
 
-def score(offer: PoolOffer) -> tuple[float | str, ...]:
-    return tuple(part for key in SCORE_KEYS for part in key(offer))
+def score(demand: GangDemand, offer: PoolOffer) -> Score:
+    return tuple(part for key in SCORE_KEYS for part in key(demand, offer))
 
 
 def first_rejection(demand: GangDemand, offer: PoolOffer) -> Rejection | None:

@@ -35,6 +35,8 @@ class PoolOffer:
     available: bool
     node_free: tuple[Resources, ...]
     node_allocatable: tuple[Resources, ...]
+    node_names: tuple[str, ...] = ()  # of node_free's nodes, in the same order
+    spot: bool = False  # cheaper nodes that may vanish: only gangs that opt in
 
     @property
     def is_gpu(self) -> bool:
@@ -61,6 +63,7 @@ class GangDemand:
     priority: int = 0
     created: str = ""
     queue: str | None = None  # admitted within this queue's quota; None: no quota applies
+    spot: bool = False  # may run on spot pools
 
     def on(self, offer: PoolOffer) -> Resources:
         """Per-worker demand on that pool: GPUs only on GPU pools, one pod slot each."""
@@ -76,6 +79,7 @@ class Placed:
     gpus_per_worker: int
     workers_per_node: tuple[int, ...] = field(default=())
     cost_per_hour: float = 0.0  # of the whole gang there
+    why: str = ""  # the choice in a sentence: the rule that chose it, the best alternative
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kaon.placement.filters import GIB, Rejection
+from kaon.placement.cost import gang_cost
+from kaon.placement.filters import GIB, Rejection, first_rejection, fits_when_empty
 from kaon.placement.model import GangDemand, PoolOffer
 
 # The rank of a reason: the lowest-ranked rejection met is the one a waiting gang shows.
@@ -73,6 +74,8 @@ class QueueQuota:
     cohort: str | None = None
     weight: float = 1.0
     limits: Mapping[QuotaKey, Limit] = field(default_factory=dict)
+    reclaim: bool = True  # its waiting gangs may preempt borrowers of the cohort
+    within_queue: bool = True  # ... and its own gangs of lower priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,17 +101,59 @@ class QuotaBook:
                 cohorts[q.cohort].append(q)
         self._cohorts = dict(cohorts)
         self.borrowing = True  # False: each queue holds to its nominal amounts for now
+        self.prices: Mapping[str, float] = {}  # accelerator -> GPU price over the cheapest's
 
     def lends(self) -> bool:
         """Whether any queue is in a cohort (so borrowing can happen at all)."""
         return bool(self._cohorts)
 
-    def take(self, queue: str, used: Consumption) -> None:
+    def copy(self) -> QuotaBook:
+        book = QuotaBook(self.queues.values())
+        for queue, used in self._used.items():
+            book._used[queue].update(used)
+        book.borrowing = self.borrowing
+        book.prices = self.prices
+        return book
+
+    def take(self, queue: str, used: Consumption, sign: int = 1) -> None:
         quota = self.queues.get(queue)
         if quota is None:
             return
         for key in quota.limits:
-            self._used[queue][key] += used.amount(key)
+            self._used[queue][key] += sign * used.amount(key)
+
+    def release(self, queue: str, used: Consumption) -> None:
+        self.take(queue, used, -1)
+
+    def cohort_of(self, queue: str | None) -> str | None:
+        quota = self.queues.get(queue or "")
+        return quota.cohort if quota else None
+
+    def borrows(self, queue: str, used: Consumption) -> bool:
+        """The queue uses more than its nominal amount of something `used` takes."""
+        quota = self.queues.get(queue)
+        return quota is not None and any(
+            used.amount(key) > 0 and self._used[queue][key] > limit.nominal
+            for key, limit in quota.limits.items()
+        )
+
+    def share(self, queue: str | None) -> float:
+        """The queue's weighted dominant share of its cohort: the largest fraction of the
+        cohort's nominal amount of any resource that the queue uses, GPUs counted at their
+        price relative to the cheapest accelerator, divided by the queue's weight."""
+        quota = self.queues.get(queue or "")
+        if quota is None or not quota.cohort:
+            return 0.0
+        dominant = 0.0
+        for key in quota.limits:
+            total = sum(
+                q.limits[key].nominal for q in self._cohorts[quota.cohort] if key in q.limits
+            )
+            if total > 0:
+                gpus = key.resource == "gpus"
+                weight = self.prices.get(key.accelerator or "", 1.0) if gpus else 1.0
+                dominant = max(dominant, weight * self._used[quota.name][key] / total)
+        return dominant / quota.weight
 
     def usage(self, queue: str) -> list[KeyUsage]:
         quota = self.queues[queue]
@@ -188,3 +233,27 @@ def consumption(demand: GangDemand, offer: PoolOffer, cost_per_hour: float) -> C
         need.gpus,
         round(cost_per_hour * 1000),
     )
+
+
+def rejection(demand: GangDemand, offer: PoolOffer, book: QuotaBook | None) -> Rejection | None:
+    """Why the pool cannot take the gang now: never, then its queue's quota, then the filters."""
+    never = fits_when_empty(demand, offer)
+    if never is not None:
+        return never
+    if book is not None and demand.queue is not None:
+        over = book.check(demand.queue, consumption(demand, offer, gang_cost(demand, offer)))
+        if over is not None:
+            return over
+    return first_rejection(demand, offer)
+
+
+def gpu_prices(offers: Iterable[PoolOffer]) -> dict[str, float]:
+    """Each accelerator's cheapest price per GPU-hour over the cheapest accelerator's."""
+    per_gpu: dict[str, float] = {}
+    for o in offers:
+        gpus = max((n.gpus for n in o.node_allocatable), default=0)
+        if o.accelerator and gpus and o.cost_per_hour > 0:
+            price = o.cost_per_hour / gpus
+            per_gpu[o.accelerator] = min(per_gpu.get(o.accelerator, price), price)
+    cheapest = min(per_gpu.values(), default=0.0)
+    return {a: p / cheapest for a, p in per_gpu.items()} if cheapest else {}
