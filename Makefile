@@ -18,7 +18,7 @@ KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell cat $(KSERVE_REQ) | sha256sum 
 
 .DEFAULT_GOAL := help
 .PHONY: help setup check fmt rig-build rig-up rig-down rig-status test unit lint crds verify demo \
-	run bench chaos images clean demo-failover check-ruff check-types check-imports check-unit gpu-check
+	run bench chaos images clean demo-failover demo-queues check-ruff check-types check-imports check-unit gpu-check
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ chaos: lint rig-build ## the chaos suite at full size (20 operator kills in 200 
 
 demo: rig-up ## the rig, CRDs, the operator, two members and example TrainingJobs, end to end
 	hack/demo.sh
+
+demo-queues: rig-up ## two teams' queues: borrowing idle GPUs, a reclaim that preempts, a real job that resumes
+	hack/demo-queues.sh
 
 demo-failover: rig-up ## a CNN that really trains loses its member mid-way and resumes on the other
 	hack/demo-failover.sh

@@ -11,13 +11,7 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 field() { kubectl get tj cnn-digits-s3 -o jsonpath="$1" 2>/dev/null || true; }
 
 step "CRDs, the chart's RBAC and the operator (kaon run, leader election on the hub's Lease)"
-kubectl apply -f crds/ >/dev/null
-kubectl wait --for condition=established crd/trainingjobs.kaon.dev crd/computeclusters.kaon.dev --timeout=60s
-helm upgrade --install kaon charts/kaon --namespace kaon-system --create-namespace --set operator.replicas=0 >/dev/null
-pkill -f "kaon run" 2>/dev/null || true
-KUBECONFIG=$("$KAON" rig operator-kubeconfig) "$KAON" run >"$KAON_RIG_DIR/operator-failover.log" 2>&1 &
-OPERATOR=$!
-trap 'kill $OPERATOR 2>/dev/null || true' EXIT
+source hack/operator.sh failover
 
 step "both process-agent pools: east-local and west-local (their pods are real processes here)"
 kubectl apply -f examples/clusters/local.yaml -f examples/clusters/local-east.yaml

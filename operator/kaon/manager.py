@@ -66,6 +66,7 @@ class Manager:
             self.clock,
             self.jobs.facts,
             self.workers.ensure_namespace,
+            self.queues,
         )
         self.clusters = ComputeClusterController(
             hub, self.fleet, self.clock, self.jobs.want_placement

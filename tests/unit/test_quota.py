@@ -19,6 +19,7 @@ from kaon.placement.quota import (
     QuotaKey,
     gpu_prices,
 )
+from kaon.placement.serving import replicas_within_quota
 
 GPU_NODE = Resources.of(cpu=64, memory="512Gi", gpus=8, pods=110)
 CPU_NODE = Resources.of(cpu=32, memory="128Gi", pods=110)
@@ -73,7 +74,7 @@ def test_a_gang_bigger_than_its_queue_can_ever_hold_says_quota_exceeded() -> Non
     quotas = book(QueueQuota("team-a", limits={A100: Limit(8)}))
     got = decide(gang("a/big", "team-a", gpus=8, workers=2), [EAST_A100], quotas)
     assert isinstance(got, Waiting) and got.reason == "QuotaExceeded"
-    assert "needs 16 nvidia-a100 GPUs, more than the queue can ever hold (8" in got.message
+    assert "needs 16 nvidia-a100 GPUs at once, more than the queue can ever hold (8" in got.message
 
 
 def test_quota_is_told_before_capacity_when_both_stop_a_gang() -> None:
@@ -205,3 +206,22 @@ def test_queue_gauges_follow_usage_and_drop_what_is_gone() -> None:
     assert REGISTRY.get_sample_value("kaon_queue_cost_per_hour", {"queue": "gauged"}) == 2.5
     export_gauges(quotas, Counter(), Counter(), Counter(), exported)  # nobody waits any more
     assert REGISTRY.get_sample_value("kaon_queue_workloads", pending) is None
+
+
+def test_a_service_runs_as_many_replicas_as_its_queue_allows_over_its_clusters() -> None:
+    def split(total: int, clusters: int) -> list[int]:
+        base, extra = divmod(total, clusters)
+        return [base + (1 if i < extra else 0) for i in range(clusters)]
+
+    west = replace(EAST_A100, cluster="west")
+    replica = replace(gang("ns/svc", "team-a"), workers=1)  # 4 A100s each
+    quotas = book(QueueQuota("team-a", limits={A100: Limit(12)}))
+    quotas.take("team-a", gpus(4))  # a job of the queue holds 4
+    fit = replicas_within_quota(replica, [EAST_A100, west], 4, quotas, split)
+    assert (fit.replicas, fit.clusters) == (2, 2)
+    assert [c.cluster for c in fit.used] == ["east", "west"]
+    assert fit.problem is not None and fit.problem.reason == "WaitingForQuota"
+    quotas.take("team-a", gpus(8))
+    none = replicas_within_quota(replica, [EAST_A100, west], 4, quotas, split)
+    assert (none.replicas, none.used) == (0, ())
+    assert none.problem is not None and "0 of 12 free" in none.problem.message

@@ -190,6 +190,11 @@ class InferenceServiceSpec(Spec):
     canary: Canary | None = Field(
         default=None, description="A second revision with a share of the traffic."
     )
+    queue: DNSLabel | None = Field(
+        default=None,
+        description="The Queue whose quota the replicas count against (its namespaceSelector "
+        "must allow this namespace); the namespace's kaon.dev/queue label when absent.",
+    )
 
 
 class ClusterServing(Spec):
@@ -255,3 +260,6 @@ class InferenceServiceStatus(Spec):
         default=None, description="When desiredReplicas last changed."
     )
     canary: CanaryStatus | None = Field(default=None, description="The canary's share.")
+    queue: ShortString | None = Field(
+        default=None, description="The Queue its replicas count against, if any."
+    )

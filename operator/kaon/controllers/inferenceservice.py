@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import ValidationError
 
@@ -34,6 +34,7 @@ from kaon.builders.server import (
 from kaon.clusters.client import KubeClient, Obj
 from kaon.clusters.member import Member
 from kaon.controllers.base import Reconciler
+from kaon.controllers.queue import QueueController, Use
 from kaon.controllers.serverops import Applied, ServerOps
 from kaon.engine import metrics
 from kaon.engine.admission import Admission
@@ -44,8 +45,18 @@ from kaon.engine.workqueue import WorkQueue
 from kaon.lifecycle import serving
 from kaon.lifecycle.conditions import find_condition, with_condition
 from kaon.lifecycle.models import JobFacts, ModelProblem, resolve_model
-from kaon.placement import HealthHistory, Placed, Reservation, place_service, replica_demand
+from kaon.placement import (
+    GangDemand,
+    HealthHistory,
+    Placed,
+    Reservation,
+    Waiting,
+    place_service,
+    replica_demand,
+)
 from kaon.placement.demand import held_by_replicas
+from kaon.placement.quota import Consumption
+from kaon.placement.serving import QuotaFit, replicas_within_quota
 
 log = logging.getLogger(__name__)
 PLURAL = "inferenceservices"
@@ -64,6 +75,9 @@ class ServiceMemory:
     wanted: dict[tuple[str, str, int], int] = field(default_factory=dict)
     spec: InferenceServiceSpec | None = None
     store_problem: str = ""  # the last Secret copy problem reported in an Event
+    queue: str | None = None  # the queue its replicas count against
+    used: tuple[Consumption, ...] = ()  # what they take from it, per cluster
+    waits: str = ""  # why no replica is allowed by the queue, if so
 
 
 def _secret_field(spec: InferenceServiceSpec, revision: Revision) -> str:
@@ -94,9 +108,11 @@ class InferenceServiceController(Reconciler):
         clock: Clock,
         job_facts: Callable[[str, str], JobFacts | None],
         ensure_namespace: Callable[[Member, str], Awaitable[None]],
+        queues: QueueController,
     ) -> None:
         super().__init__(hub, PLURAL, KIND, clock)
         self.fleet = fleet
+        self.queues = queues
         self.admission = admission
         self.settings = settings
         self.job_facts = job_facts
@@ -108,6 +124,7 @@ class InferenceServiceController(Reconciler):
             self.reconcile, workers=8, on_error=metrics.reconcile_error("inferenceservice")
         )
         admission.register(KIND, self.reservations)
+        queues.register(self.queue_uses)
 
     # --- events -------------------------------------------------------------------------------
 
@@ -152,6 +169,18 @@ class InferenceServiceController(Reconciler):
                 held = held_by_replicas(memory.spec, cluster, pool, gpus, wanted, bound)
                 if held is not None:
                     yield key, held
+
+    def queue_uses(self) -> Iterator[Use]:
+        """Each service of a queue: what its replicas take from it, or that none is allowed."""
+        for key, body in self.cache.items():
+            memory = self.memory.peek(key)
+            if memory is None or memory.queue is None or body["metadata"].get("deletionTimestamp"):
+                continue
+            owner = (KIND, *key)
+            if memory.used:
+                yield Use(memory.queue, memory.used[0], more=memory.used[1:], owner=owner)
+            elif memory.waits:
+                yield Use(memory.queue, None, memory.waits, owner=owner)
 
     # --- reconcile one service ----------------------------------------------------------------
 
@@ -205,36 +234,35 @@ class InferenceServiceController(Reconciler):
         if home and not current:
             current = self._first_slot(key, spec, home)
         lost = self._lost({s.cluster for s in current})
-        demand = replica_demand(f"{key[0]}/{key[1]}", spec)
+        queue, problem = self.queues.resolve(key[0], spec.queue)
+        if problem is not None and not status.clusters:
+            return await self._not_serving(body, status, memory, problem.reason, problem.message)
+        memory.queue = queue
+        demand = replace(replica_demand(f"{key[0]}/{key[1]}", spec), queue=queue)
         plan = self.admission.admit_replicas(
             KIND, key, demand, spec.placement.clusters, current, lost
         )
-        await self._remove_everywhere_but(key, {s.cluster for s in plan.slots})
         if not plan.slots:
             assert plan.shortfall is not None
-            memory.wanted = {}
-            new = serving.not_serving(
-                status, plan.shortfall.reason, plan.shortfall.message, gen, now
-            )
-            await self.write_status(body, new, status)
-            return None
-        if plan.shortfall is not None:
-            metrics.placement("inferenceservice", plan.shortfall)
-        if {s.cluster for s in plan.slots} != {c.cluster for c in status.clusters}:
-            for placed in plan.slots:
-                metrics.placement("inferenceservice", placed)
-            where = ", ".join(f"{s.cluster}/{s.pool}" for s in plan.slots)
-            moved_from = sorted(lost & {c.cluster for c in status.clusters})
-            if moved_from:
-                grace = self.settings.failover_grace_s
-                message = (
-                    f"cluster {', '.join(moved_from)} unreachable for {grace:.0f}s: "
-                    f"replicas now in {where}"
-                )
-                await self.event(body, "Warning", "FailedOver", message)
-            else:
-                await self.event(body, "Normal", "Placed", f"replicas in {where}")
+            await self._remove_everywhere_but(key, set())
+            reason, message = plan.shortfall.reason, plan.shortfall.message
+            return await self._not_serving(body, status, memory, reason, message)
         desired, scaled_at = self._desired(key, spec, status, plan.slots, now)
+        slots, allowed, short = list(plan.slots), desired, plan.shortfall
+        if queue is not None:
+            fit = self._within_quota(key, demand, slots, desired)
+            if fit.replicas == 0:
+                return await self._no_quota(key, body, status, memory, fit)
+            slots, allowed, memory.used = slots[: fit.clusters], fit.replicas, fit.used
+            if fit.problem is not None and short is None:
+                message = f"{allowed} of {desired} replicas: {fit.problem.message}"
+                short = Waiting(fit.problem.reason, message)
+        memory.waits = ""
+        await self._remove_everywhere_but(key, {s.cluster for s in slots})
+        if short is not None:
+            metrics.placement("inferenceservice", short)
+        if {s.cluster for s in slots} != {c.cluster for c in status.clusters}:
+            await self._say_where(body, status, slots, lost)
         if desired != (status.desired_replicas or spec.replicas.min):
             verb = "ScaledUp" if desired > status.desired_replicas else "ScaledDown"
             await self.event(
@@ -242,11 +270,11 @@ class InferenceServiceController(Reconciler):
             )
         canary_model, canary_percent = self._canary(key[0], spec)
         ref = ServiceRef(key[0], key[1], body["metadata"]["uid"])
-        shares = serving.split_over(desired, len(plan.slots))
+        shares = serving.split_over(allowed, len(slots))
         memory.spec = spec
         memory.wanted = {}
         splits = []
-        for placed, replicas in zip(plan.slots, shares, strict=True):
+        for placed, replicas in zip(slots, shares, strict=True):
             slot = serving.Slot(
                 placed.cluster, placed.pool, placed.accelerator, placed.gpus_per_worker
             )
@@ -258,14 +286,73 @@ class InferenceServiceController(Reconciler):
             await self._apply_cluster(memory, ref, spec, model, canary_model, problems, *split)
             for split in splits
         ]
-        short = plan.shortfall
         shortfall = (short.reason, short.message) if short else None
         new = serving.serving(
             status, gen, now, model, views, shortfall, desired, scaled_at, canary_percent
-        )
+        ).model_copy(update={"queue": queue})
         new = await self._store_problems(body, memory, new, problems, gen, now)
         await self.write_status(body, new, status)
         return None
+
+    async def _say_where(
+        self, body: Obj, status: InferenceServiceStatus, slots: list[Placed], lost: set[str]
+    ) -> None:
+        """The clusters changed: a Placed Event, or FailedOver naming the lost ones."""
+        for placed in slots:
+            metrics.placement("inferenceservice", placed)
+        where = ", ".join(f"{s.cluster}/{s.pool}" for s in slots)
+        moved_from = sorted(lost & {c.cluster for c in status.clusters})
+        if moved_from:
+            grace = self.settings.failover_grace_s
+            message = (
+                f"cluster {', '.join(moved_from)} unreachable for {grace:.0f}s: "
+                f"replicas now in {where}"
+            )
+            await self.event(body, "Warning", "FailedOver", message)
+        else:
+            await self.event(body, "Normal", "Placed", f"replicas in {where}")
+
+    async def _no_quota(
+        self,
+        key: ObjectKey,
+        body: Obj,
+        status: InferenceServiceStatus,
+        memory: ServiceMemory,
+        fit: QuotaFit,
+    ) -> float | None:
+        """Its queue allows no replica now: none runs, and the service waits in the queue."""
+        assert fit.problem is not None
+        await self._remove_everywhere_but(key, set())
+        memory.waits = fit.problem.reason
+        message = f"no replica fits: {fit.problem.message}"
+        return await self._not_serving(body, status, memory, fit.problem.reason, message)
+
+    async def _not_serving(
+        self,
+        body: Obj,
+        status: InferenceServiceStatus,
+        memory: ServiceMemory,
+        reason: str,
+        message: str,
+    ) -> float | None:
+        memory.wanted, memory.used = {}, ()
+        gen = int(body["metadata"].get("generation", 0))
+        new = serving.not_serving(status, reason, message, gen, self.now())
+        await self.write_status(body, new.model_copy(update={"queue": memory.queue}), status)
+        return None
+
+    def _within_quota(
+        self, key: ObjectKey, demand: GangDemand, slots: list[Placed], wanted: int
+    ) -> QuotaFit:
+        """How many replicas the service's queue allows, beside what everything else uses."""
+        offers = {(o.cluster, o.pool): o for o in self.admission.offers((KIND, key))}
+        return replicas_within_quota(
+            demand,
+            [offers.get((s.cluster, s.pool)) for s in slots],
+            wanted,
+            self.queues.book((KIND, *key)),
+            serving.split_over,
+        )
 
     async def _store_problems(
         self,

@@ -55,6 +55,11 @@ class Use:
     queue: str
     consumption: Consumption | None  # None: waiting
     reason: str = ""  # why it waits
+    more: tuple[Consumption, ...] = ()  # in its other clusters (a service's replicas)
+    owner: tuple[str, str, str] | None = None  # (kind, namespace, name)
+
+    def all(self) -> tuple[Consumption, ...]:
+        return () if self.consumption is None else (self.consumption, *self.more)
 
 
 Uses = Callable[[], Iterable[Use]]
@@ -94,8 +99,8 @@ class QueueController:
             self.namespaces[name] = dict(body["metadata"].get("labels") or {})
 
     def resolve(self, namespace: str, named: str | None) -> tuple[str | None, Waiting | None]:
-        """The queue a job of this namespace is admitted through (None: no quota applies), or
-        why it cannot be admitted through any."""
+        """The queue a workload of this namespace is admitted through (None: no quota
+        applies), or why it cannot be admitted through any."""
         labels = self.namespaces.get(namespace, {})
         default = labels.get(QUEUE_LABEL)
         name = named or default
@@ -112,13 +117,14 @@ class QueueController:
             )
         return name, None
 
-    def book(self) -> QuotaBook:
-        """Every queue's quota with what its admitted workloads hold now."""
+    def book(self, exclude: tuple[str, str, str] | None = None) -> QuotaBook:
+        """Every queue's quota with what its admitted workloads hold now (but `exclude`'s)."""
         book = QuotaBook(queue_quota(name, spec) for name, (_, spec) in self.specs.items())
         for uses in self._uses:
             for use in uses():
-                if use.consumption is not None:
-                    book.take(use.queue, use.consumption)
+                if exclude is None or use.owner != exclude:
+                    for used in use.all():
+                        book.take(use.queue, used)
         return book
 
     async def publish_loop(self) -> None:
@@ -140,8 +146,7 @@ class QueueController:
                 (pending if use.consumption is None else admitted)[use.queue] += 1
                 if use.consumption is None:
                     waiting[use.queue, use.reason] += 1
-                else:
-                    cost[use.queue] += use.consumption.milli_cost
+                cost[use.queue] += sum(c.milli_cost for c in use.all())
         export_gauges(book, admitted, waiting, cost, self._exported)
         for name, (gen, _) in list(self.specs.items()):
             usage = book.usage(name)

@@ -210,7 +210,9 @@ def _preempt(
     searches = 0
     for demand in ordered:
         outcome = result.outcomes.get(demand.key)
-        if not isinstance(outcome, Waiting) or outcome.reason in NOT_BY_PREEMPTION:
+        if demand.queue is None or not isinstance(outcome, Waiting):
+            continue  # only a queue's gangs preempt
+        if outcome.reason in NOT_BY_PREEMPTION:
             continue
         if demand.key in leaving:
             names = ", ".join(sorted(leaving[demand.key]))

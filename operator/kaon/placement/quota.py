@@ -194,7 +194,7 @@ class QuotaBook:
         if need > ceiling:
             return Rejection(
                 "QuotaExceeded",
-                f"queue {quota.name}: the gang needs {key.fmt(need)} {what}, more than the "
+                f"queue {quota.name}: needs {key.fmt(need)} {what} at once, more than the "
                 f"queue can ever hold ({key.fmt(ceiling)}, nominal {key.fmt(limit.nominal)})",
                 rank=QUOTA_EXCEEDED,
             )
