@@ -19,6 +19,7 @@ wait_until() {  # namespace name jsonpath value seconds
   return 1
 }
 show() {
+  sleep 3  # a Queue's status is written every 2 s
   kubectl get queues
   kubectl get tj -A -o wide
 }
@@ -43,8 +44,8 @@ kubectl apply -f examples/queues/reclaim.yaml
 wait_until team-b b-small '{.status.state}' Running 60
 show
 kubectl get tj -n team-a a-big -o jsonpath='{.status.conditions[?(@.type=="Preempted")].message}'; echo
-kubectl get events -n team-a --field-selector involvedObject.name=a-big --sort-by=.lastTimestamp | tail -4
-kubectl get events -n team-b --field-selector involvedObject.name=b-small --sort-by=.lastTimestamp | tail -4
+kubectl get events -n team-a --field-selector involvedObject.name=a-big --sort-by=.lastTimestamp | tail -6
+kubectl get events -n team-b --field-selector involvedObject.name=b-small --sort-by=.lastTimestamp | tail -6
 
 step "b-small done (30 s): a-big is placed again, as attempt 1"
 wait_until team-b b-small '{.status.state}' Succeeded 90
