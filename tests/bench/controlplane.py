@@ -169,7 +169,11 @@ async def fresh_namespace(client: KubeClient) -> None:
         await asyncio.sleep(1)
 
 
-async def prepare(hub: KubeClient, members: dict[str, KubeClient]) -> None:
+async def prepare(
+    hub: KubeClient, members: dict[str, KubeClient], costs: dict[str, float] | None = None
+) -> None:
+    """CRDs, each member's bench pool and its ComputeCluster (costPerHour from `costs`, so a
+    bench can make one member the cheaper home of every job)."""
     for name in ("computeclusters.kaon.dev", "trainingjobs.kaon.dev"):
         body = yaml.safe_load((REPO / "crds" / f"{name}.yaml").read_text())
         await ignore_conflict(
@@ -181,26 +185,33 @@ async def prepare(hub: KubeClient, members: dict[str, KubeClient]) -> None:
             await ignore_conflict(client.create(rest.collection(api_version, plural, NS), obj))
         for i in range(POOL.nodes):
             await ignore_conflict(client.create(rest.nodes(), node_manifest(member, POOL, i)))
+        pool = {
+            "name": "bench",
+            "nodeSelector": {"kaon.dev/pool": "bench"},
+            "costPerHour": (costs or {}).get(member, 0.0),
+        }
+        spec = {
+            "kubeconfigSecretRef": {
+                "name": rig.member_secret_name(member),
+                "namespace": rig.MEMBER_SECRET_NAMESPACE,
+            },
+            "pools": [pool],
+        }
+        name = f"bench-{member}"
         await ignore_conflict(
             hub.create(
                 rest.custom(API_VERSION, "computeclusters"),
                 {
                     "apiVersion": API_VERSION,
                     "kind": "ComputeCluster",
-                    "metadata": {
-                        "name": f"bench-{member}",
-                        "labels": {"kaon.dev/bench-member": member},
-                    },
-                    "spec": {
-                        "kubeconfigSecretRef": {
-                            "name": rig.member_secret_name(member),
-                            "namespace": rig.MEMBER_SECRET_NAMESPACE,
-                        },
-                        "pools": [{"name": "bench", "nodeSelector": {"kaon.dev/pool": "bench"}}],
-                    },
+                    "metadata": {"name": name, "labels": {"kaon.dev/bench-member": member}},
+                    "spec": spec,
                 },
             )
         )
+        # One left from an earlier run gets this run's spec.
+        path = rest.custom(API_VERSION, "computeclusters", None, name)
+        await hub.merge_patch(path, {"spec": spec})
     await fresh_namespace(hub)
     await asyncio.sleep(2)  # the new nodes become Ready
 

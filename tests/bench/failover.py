@@ -128,7 +128,8 @@ async def main(n: int, workers: int, count: int) -> None:
     rig.up(load_config())
     hub = KubeClient.from_file(paths.kubeconfig_path("hub"))
     members = {m: KubeClient.from_file(paths.kubeconfig_path(m)) for m in MEMBERS}
-    await prepare(hub, members)
+    # One member cheaper: every job goes there first (the score would spread equal ones).
+    await prepare(hub, members, costs={MEMBERS[0]: 1.0, MEMBERS[1]: 2.0})
     op = await start_operator()
     try:
         names = [f"fo-{i}" for i in range(n)]

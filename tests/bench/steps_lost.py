@@ -75,7 +75,9 @@ def status(job: Obj) -> Obj:
 
 async def run(hub: KubeClient, epochs: int, config: RigConfig) -> dict[str, float]:
     secret = await copy_store_secret(hub)
-    registered = [await register(hub, "local.yaml")]  # west-local only: it starts in west
+    # west-local only: it starts in west (east-local, left by a demo, would take it first).
+    await hub.delete_if_present(rest.custom(API_VERSION, "computeclusters", None, "east-local"))
+    registered = [await register(hub, "local.yaml")]
     body = yaml.safe_load(EXAMPLE.read_text())
     body["metadata"] = {"name": NAME}
     body["spec"]["training"]["epochs"] = epochs
