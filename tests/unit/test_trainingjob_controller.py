@@ -1,5 +1,6 @@
 """The TrainingJob controller on in-memory API servers: admission, reservations, launch, every
-status transition, restarts, suspend/resume, deadline, TTL, deletion and gang rollback."""
+status transition, restarts, suspend/resume, deadline, TTL, deletion, gang rollback and
+preemption."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from kaon.api.names import ATTEMPT_LABEL, GPU_RESOURCE, JOB_LABEL, RANK_LABEL
+from kaon.api.names import ATTEMPT_LABEL, GPU_RESOURCE, JOB_LABEL, QUEUE_LABEL, RANK_LABEL
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
 from kaon.controllers.trainingjob import (
@@ -695,3 +696,52 @@ async def test_a_job_suspended_while_its_member_is_unreachable_stays_placed_unti
     await world.reconcile_job("b")
     await world.place()
     assert world.job_status("b")["state"] == "Admitted"  # the pool is free again
+
+
+# Preemption ---------------------------------------------------------------------------------------
+
+
+@on_loop
+async def test_a_preempted_gang_holds_its_pool_until_its_workers_are_gone_then_waits_again(
+    world: World,
+) -> None:
+    world.members["west"].graceful_pods = True  # workers stay until they have saved and exited
+    queues = world.manager.queues
+    queues.queue_event("ADDED", {"metadata": {"name": "q", "generation": 1}, "spec": {}})
+    queues.namespace_event("ADDED", {"metadata": {"name": NS, "labels": {QUEUE_LABEL: "q"}}})
+    workers = await running(world, "low")
+    world.clock.advance(60)
+    world.apply(trainingjob("urgent", {"runPolicy": {"priority": 5}}))
+    await world.reconcile_job("urgent")
+    await world.place()
+    urgent, low = world.job_status("urgent"), world.job_status("low")
+    assert urgent["state"] == "Waiting"
+    assert condition(urgent, "Admitted")["reason"] == "PreemptionPending"
+    assert low["preemptedBy"] == f"{NS}/urgent" and low["placement"]["cluster"] == "west"
+    assert condition(low, "Preempted")["reason"] == "PreemptedByPriority"
+    assert world.events("urgent", "Preempting") and world.events("low", "Preempted")
+
+    await world.reconcile_job("low")  # SIGTERM to its workers; they are still saving
+    await world.settle()
+    leaving = world.pods(selector=f"{JOB_LABEL}=low")
+    assert sorted(leaving) == workers
+    assert all(p["metadata"].get("deletionTimestamp") for p in leaving.values())
+    await world.place()  # the pool is still held: nothing else is decided
+    assert condition(world.job_status("urgent"), "Admitted")["reason"] == "PreemptionPending"
+    assert world.job_status("low")["placement"] is not None
+
+    for name in workers:
+        world.members["west"].remove(paths.pod(NS, name), force=True)  # saved, exited, gone
+    await world.settle()
+    await world.reconcile_job("low")
+    low = world.job_status("low")
+    assert (low["state"], low.get("placement"), low["attempt"], low["preemptions"]) == (
+        "Waiting",
+        None,
+        1,
+        1,
+    )
+    assert low["restarts"] == 0 and world.events("low", "Requeued")
+    await world.place()
+    assert world.job_status("urgent")["state"] == "Admitted"
+    assert world.job_status("low")["state"] == "Waiting"
