@@ -123,7 +123,11 @@ def test_waiting_job_says_why_and_is_admitted_when_capacity_frees(
     assert job["status"]["placement"]["pool"] == "gpu-a100"
     jobs.wait_state(namespace, "patient", "Succeeded")
     seen = wait_event(kaon_rig, namespace, KIND, "patient", "Succeeded")
-    assert ("Normal", "Placed", "pool gpu-a100 in cluster east") in seen
+    placed = [m for t, r, m in seen if (t, r) == ("Normal", "Placed")]
+    assert placed == [
+        "pool gpu-a100 in cluster east: preference 1 (nvidia-a100 GPU pools): "
+        f"{job['status']['placement']['costPerHour']:.4g}/h, the only pool with room"
+    ]
     assert sorted(r for _, r, _ in seen) == ["Placed", "Succeeded", "Waiting"]
 
 
