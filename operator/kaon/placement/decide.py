@@ -17,7 +17,7 @@ from kaon.api.resources import Resources
 from kaon.placement.cost import gang_cost
 from kaon.placement.filters import Rejection, describe, gang_assignment, score
 from kaon.placement.model import GangDemand, Outcome, Placed, PoolOffer, Unplaceable, Waiting
-from kaon.placement.preempt import Preemption, RunningGang, find_preemption, without
+from kaon.placement.preempt import Preemption, RunningGang, find_preemption, freed, release
 from kaon.placement.quota import QuotaBook, consumption, gpu_prices, rejection
 
 __all__ = ["PassResult", "decide", "gang_assignment", "plan", "plan_pass"]
@@ -25,8 +25,6 @@ __all__ = ["PassResult", "decide", "gang_assignment", "plan", "plan_pass"]
 # Preemption searches in one pass, at most: each one simulates pools with and without victims.
 PREEMPTION_SEARCHES = 64
 NOT_BY_PREEMPTION = frozenset({"QuotaExceeded", "NoClusters"})
-
-
 WHY_LENGTH = 253
 
 
@@ -155,8 +153,8 @@ def plan_pass(
         _admit_fairly(ordered, current, book, result.outcomes)
     else:
         _admit(ordered, current, book, result.outcomes)
-    if running or book is not None:
-        _preempt(ordered, current, book or QuotaBook(()), running, result)
+    if book is not None:  # only a queue's gangs preempt
+        _preempt(ordered, current, book, running, result)
     return result
 
 
@@ -238,10 +236,8 @@ def _count_preemption(
     """Within this pass the victims are gone and the preemptor placed: no later gang of the
     pass counts on what it will take."""
     i = next(i for i, o in enumerate(current) if (o.cluster, o.pool) == (p.cluster, p.pool))
-    current[i], _ = without(current[i], book, p.victims, book.borrowing)
-    for v in p.victims:
-        if v.queue is not None:
-            book.release(v.queue, v.consumption)
+    current[i] = freed(current[i], p.victims)
+    release(book, p.victims)
     need = demand.on(current[i])
     counts = gang_assignment(need, demand.workers, current[i].node_free)
     if counts is not None:

@@ -1,13 +1,13 @@
 """Preemption: which running gangs a waiting one may push out, in one cluster, fewest first.
 
 Only a queue's gangs preempt, as its spec.preemption allows. Two kinds, as Kueue has them:
-a queue reclaiming the nominal quota it lent (victims: gangs of
-other queues of its cohort that borrow, and lower-priority gangs of its own queue; the gang
-must then fit within its queue's nominal amounts), and priority within one queue (victims:
-its lower-priority gangs). Victims are chosen in the cluster of one pool only, never across
-members; a gang still inside its minimum runtime, or already leaving, is never a victim.
-Among the pools of the first preference with any answer, the fewest victims win, then the
-lowest priority, then the least work since their start, then the pool's score.
+a queue reclaiming the nominal quota it lent (victims: gangs of other queues of its cohort
+that borrow, and lower-priority gangs of its own queue; the gang must then fit within its
+queue's nominal amounts), and priority within one queue (victims: its lower-priority gangs).
+Victims are chosen in the cluster of one pool only, never across members; a gang still
+inside its minimum runtime, or already leaving, is never a victim. Among the pools of the
+first preference with any answer, the fewest victims win, then the lowest priority, then
+the least work since their start, then the pool's score.
 """
 
 from __future__ import annotations
@@ -73,23 +73,24 @@ def _may_preempt(kind: Kind, demand: GangDemand, victim: RunningGang, book: Quot
     )
 
 
-def without(
-    offer: PoolOffer, book: QuotaBook, victims: Sequence[RunningGang], borrowing: bool
-) -> tuple[PoolOffer, QuotaBook]:
-    """The pool and the quota book as they would be once `victims` are gone."""
+def freed(offer: PoolOffer, victims: Sequence[RunningGang]) -> PoolOffer:
+    """The pool as it would be once `victims` are gone (only theirs on its nodes count)."""
     free = list(offer.node_free)
     index = {name: i for i, name in enumerate(offer.node_names)}
-    sim = book.copy()
-    sim.borrowing = borrowing
     for v in victims:
-        if v.queue is not None:
-            sim.release(v.queue, v.consumption)
         if v.pool != offer.pool:
             continue
         for node, held in v.on_nodes.items():
             if node in index:
                 free[index[node]] = free[index[node]] + held
-    return replace(offer, node_free=tuple(free)), sim
+    return replace(offer, node_free=tuple(free))
+
+
+def release(book: QuotaBook, victims: Sequence[RunningGang]) -> None:
+    """Give back to their queues what `victims` hold."""
+    for v in victims:
+        if v.queue is not None:
+            book.release(v.queue, v.consumption)
 
 
 def _fits(
@@ -99,8 +100,10 @@ def _fits(
     victims: Sequence[RunningGang],
     borrowing: bool,
 ) -> bool:
-    after, sim = without(offer, book, victims, borrowing)
-    return rejection(demand, after, sim) is None
+    sim = book.copy()
+    sim.borrowing = borrowing
+    release(sim, victims)
+    return rejection(demand, freed(offer, victims), sim) is None
 
 
 def fewest_victims(
