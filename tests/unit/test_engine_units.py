@@ -19,7 +19,7 @@ from kaon.clusters.client import ApiError, Obj
 from kaon.engine import heap, hubio, metrics
 from kaon.engine.admission import Admission
 from kaon.engine.cache import Memory
-from kaon.engine.clock import SystemClock, rfc3339, seconds_since
+from kaon.engine.clock import SystemClock, age, rfc3339, rfc3339_micro, seconds_since
 from kaon.engine.fleet import Fleet
 from kaon.engine.workqueue import WorkQueue
 from kaon.placement import Placed, PoolOffer, Reservation, Unplaceable, Waiting
@@ -400,5 +400,9 @@ def test_timestamps_are_written_and_read_on_the_injected_clock() -> None:
     assert seconds_since(clock, "2027-01-15T08:00:00Z") == 90
     assert seconds_since(clock, "2030-01-01T00:00:00Z") == 0  # a clock behind: never negative
     assert seconds_since(clock, None) is None and seconds_since(clock, "") is None
+    clock.advance(0.25)
+    assert rfc3339_micro(clock) == "2027-01-15T08:01:30.250000Z"
+    assert seconds_since(clock, "2027-01-15T08:01:30.000000Z") == 0.25
+    assert age(clock.wall(), "2027-01-15T08:01:29.750000Z") == 0.5
     system = SystemClock()
     assert system.monotonic() <= system.monotonic() and system.wall() > 1_700_000_000

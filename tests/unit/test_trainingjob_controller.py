@@ -17,12 +17,13 @@ from kaon.controllers.trainingjob import (
     ROLLBACK_RETRY_S,
     UNREACHABLE_RETRY_S,
 )
-from kaon.engine.clock import rfc3339
+from kaon.engine.clock import rfc3339, rfc3339_micro
 
 from enginekit import (
     GPU_TOLERATION,
     NS,
     POOL_LABEL,
+    MemberSpec,
     World,
     has_finalizer,
     inferenceservice,
@@ -115,7 +116,7 @@ async def test_admission_places_the_gang_and_says_where(world: World) -> None:
         "costPerHour": 1.5,  # 2 workers of 6 of a node's 8 cores, 1 per node-hour
         "why": "preference 1 (cpu): 1.5/h, the only pool with room",
     }
-    assert status["admittedAt"] == rfc3339(world.clock)
+    assert status["admittedAt"] == rfc3339_micro(world.clock)
     assert status["workers"]["total"] == 2 and status["observedGeneration"] == 1
     assert condition(status, "Admitted")["status"] == "True"
     (event,) = world.events("j1", "Placed")
@@ -745,3 +746,24 @@ async def test_a_preempted_gang_holds_its_pool_until_its_workers_are_gone_then_w
     await world.place()
     assert world.job_status("urgent")["state"] == "Admitted"
     assert world.job_status("low")["state"] == "Waiting"
+
+
+@on_loop
+async def test_of_two_gangs_admitted_within_one_second_the_newer_is_preempted() -> None:
+    async with World([MemberSpec("west", gpu_nodes=0)]) as world:  # 2 nodes of 8 cores
+        queues = world.manager.queues
+        queues.queue_event("ADDED", {"metadata": {"name": "q", "generation": 1}, "spec": {}})
+        queues.namespace_event("ADDED", {"metadata": {"name": NS, "labels": {QUEUE_LABEL: "q"}}})
+        one_worker = {"workers": 1}
+        await running(world, "older", one_worker)
+        world.clock.advance(0.4)  # the same whole second: only the microseconds tell them apart
+        await running(world, "newer", one_worker)
+        older, newer = world.job_status("older"), world.job_status("newer")
+        assert older["admittedAt"][:19] == newer["admittedAt"][:19]
+        assert older["admittedAt"] < newer["admittedAt"]
+        world.clock.advance(0.2)
+        world.apply(trainingjob("urgent", {**one_worker, "runPolicy": {"priority": 5}}))
+        await world.reconcile_job("urgent")
+        await world.place()
+        assert world.job_status("newer")["preemptedBy"] == f"{NS}/urgent"
+        assert world.job_status("older").get("preemptedBy") is None

@@ -324,7 +324,10 @@ class TrainingJobStatus(Spec):
         default=None,
         description="The job (namespace/name) that preempted this one, until it is placed again.",
     )
-    admitted_at: ShortString | None = Field(default=None, description="When it was admitted.")
+    admitted_at: ShortString | None = Field(
+        default=None,
+        description="When it was admitted, to the microsecond: newest-admitted victims go first.",
+    )
     start_time: ShortString | None = Field(default=None, description="When all workers ran.")
     completion_time: ShortString | None = Field(default=None, description="When it ended.")
     progress: Progress | None = Field(default=None, description="Training progress.")

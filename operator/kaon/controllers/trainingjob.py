@@ -26,7 +26,7 @@ from kaon.controllers.workers import WorkerOps
 from kaon.engine import metrics
 from kaon.engine.admission import Admission
 from kaon.engine.cache import Memory
-from kaon.engine.clock import Clock, seconds_since
+from kaon.engine.clock import Clock, age, rfc3339_micro, seconds_since
 from kaon.engine.fleet import Fleet
 from kaon.engine.workqueue import WorkQueue
 from kaon.lifecycle import (
@@ -576,6 +576,7 @@ class TrainingJobController(Reconciler):
 
     def running_gangs(self) -> Iterator[RunningGang]:
         """Every admitted job of a queue, as a possible victim of preemption."""
+        wall = self.clock.wall()
         for key, body in self.cache.items():
             if body["metadata"].get("deletionTimestamp"):
                 continue
@@ -599,7 +600,7 @@ class TrainingJobController(Reconciler):
                 placement,
                 status.queue,
                 nodes,
-                seconds_since(self.clock, status.admitted_at) or 0.0,
+                age(wall, status.admitted_at) or 0.0,
                 status.preempted_by if transitions.leaving(status) else None,
             )
 
@@ -627,7 +628,7 @@ class TrainingJobController(Reconciler):
         running = list(self.running_gangs()) if self.queues.specs else []
         result = self.admission.admit_gangs(demands, self.queues.book(), running)
         outcomes |= result.outcomes
-        now = self.now()
+        now, admitted_at = self.now(), rfc3339_micro(self.clock)
         await asyncio.gather(*(self._preempt(p, now) for p in result.preemptions))
         sem = asyncio.Semaphore(PLACEMENT_WRITES)
 
@@ -657,7 +658,9 @@ class TrainingJobController(Reconciler):
                         cost_per_hour=round(outcome.cost_per_hour, 4),
                         why=outcome.why,
                     )
-                    admitted = transitions.admitted(status, placement, spec.workers, gen, now)
+                    admitted = transitions.admitted(
+                        status, placement, spec.workers, gen, now, admitted_at
+                    )
                     queue = queue_of[f"{key[0]}/{key[1]}"]
                     await self._patch(body, admitted.model_copy(update={"queue": queue}))
                     where = f"pool {outcome.pool} in cluster {outcome.cluster}" + (

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+# Kubernetes' MicroTime: for an order among things done within one second (admissions).
+RFC3339_MICRO = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 class Clock(Protocol):
@@ -31,9 +33,20 @@ def rfc3339(clock: Clock) -> str:
     return datetime.fromtimestamp(clock.wall(), UTC).strftime(RFC3339)
 
 
+def rfc3339_micro(clock: Clock) -> str:
+    return datetime.fromtimestamp(clock.wall(), UTC).strftime(RFC3339_MICRO)
+
+
 def seconds_since(clock: Clock, timestamp: str | None) -> float | None:
     """Age of an RFC 3339 timestamp written in status (None when there is none)."""
+    return age(clock.wall(), timestamp)
+
+
+def age(wall: float, timestamp: str | None) -> float | None:
+    """Seconds from an RFC 3339 timestamp (with or without microseconds) to `wall`: one
+    reading of the clock for many timestamps keeps equal timestamps equally old."""
     if not timestamp:
         return None
-    then = datetime.strptime(timestamp, RFC3339).replace(tzinfo=UTC).timestamp()
-    return max(clock.wall() - then, 0.0)
+    layout = RFC3339_MICRO if "." in timestamp else RFC3339
+    then = datetime.strptime(timestamp, layout).replace(tzinfo=UTC).timestamp()
+    return max(wall - then, 0.0)

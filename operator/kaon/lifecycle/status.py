@@ -43,8 +43,14 @@ def waits_as_said(s: TrainingJobStatus, reason: str, message: str) -> bool:
 
 
 def admitted(
-    s: TrainingJobStatus, placement: JobPlacement, workers: int, gen: int, now: str
+    s: TrainingJobStatus,
+    placement: JobPlacement,
+    workers: int,
+    gen: int,
+    now: str,
+    admitted_at: str | None = None,
 ) -> TrainingJobStatus:
+    """Placed: `admitted_at` may be finer than `now` (conditions keep whole seconds)."""
     message = f"placed on pool {placement.pool} in cluster {placement.cluster}"
     s = _cond(s, "Admitted", True, "Placed", message, gen, now)
     if s.failed_over_from:
@@ -58,7 +64,7 @@ def admitted(
         gen,
         state="Admitted",
         placement=placement,
-        admitted_at=now,
+        admitted_at=admitted_at or now,
         launched=False,
         workers=WorkerCounts(total=workers),
         failed_over_from=None,
