@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from kaon.api.common import GROUP, VERSION
 from kaon_rig import identity, rig
 from kaon_rig.config import load_config
 
@@ -74,9 +76,26 @@ def namespace(kaon_rig: Rig, request: pytest.FixtureRequest) -> Iterator[str]:
         for pv in core.list_persistent_volume(label_selector="kaon.dev/test=true").items:
             if pv.spec.claim_ref and pv.spec.claim_ref.namespace == name:
                 core.delete_persistent_volume(pv.metadata.name)
-    # Wait until its pods are gone, so the next test finds the pools' capacity free again.
+    # The hub's workloads first: until the operator has released them it may still launch
+    # pods (and make the namespace again) in a member. Then the members' pods, so the next test
+    # finds the pools' capacity free again.
+    _wait_workloads_released(kaon_rig, name)
     for cluster in kaon_rig.names:
         _wait_pods_gone(kaon_rig.core(cluster), name)
+
+
+def _wait_workloads_released(kaon_rig: Rig, ns: str, timeout_s: float = 30.0) -> None:
+    """Bounded and forgiving: a test that stopped the operator leaves them to the next one."""
+    custom = client.CustomObjectsApi(kaon_rig.api("hub"))
+
+    def left() -> int:
+        return sum(
+            len(custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural)["items"])
+            for plural in ("trainingjobs", "inferenceservices")
+        )
+
+    with contextlib.suppress(AssertionError):
+        wait_for(left, lambda n: n == 0, f"workloads of {ns} released", timeout_s)
 
 
 def _wait_pods_gone(core: client.CoreV1Api, ns: str) -> None:

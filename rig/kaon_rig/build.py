@@ -180,6 +180,31 @@ def build_seaweedfs(v: RigVersions = VERSIONS) -> None:
     _log(f"built weed in {time.monotonic() - t0:.0f}s")
 
 
+TRAINING_OPERATOR_MODULE = "github.com/kubeflow/training-operator"
+
+
+def build_training_operator(v: RigVersions = VERSIONS) -> None:
+    """Kubeflow training-operator, the control-plane bench's baseline: built on demand (by the
+    bench, or `kaon rig build --with training-operator`), never by `build_all`."""
+    module = f"{TRAINING_OPERATOR_MODULE}/cmd/training-operator.v1"
+    _go_install(module, v.training_operator, paths.training_operator_binary(v))
+
+
+def training_operator_source(v: RigVersions = VERSIONS) -> Path:
+    """The training-operator module's files in the Go module cache (fetched there if missing):
+    its CRDs are under manifests/base/crds."""
+    cwd = paths.cache_dir()
+    cwd.mkdir(parents=True, exist_ok=True)
+    modcache = Path(_go(["env", "GOMODCACHE"], cwd).strip())
+    source = modcache / f"{TRAINING_OPERATOR_MODULE}@v{v.training_operator}"
+    if not source.is_dir():
+        _go(["mod", "download", f"{TRAINING_OPERATOR_MODULE}@v{v.training_operator}"], cwd)
+    return source
+
+
+OPTIONAL = {"training-operator": build_training_operator}
+
+
 def build_all(v: RigVersions = VERSIONS) -> None:
     t0 = time.monotonic()
     build_kwok(v)

@@ -29,6 +29,8 @@ def _build(args: argparse.Namespace) -> int:
     from kaon_rig import build  # noqa: PLC0415
 
     build.build_all()
+    for name in args.with_ or ():
+        build.OPTIONAL[name]()
     return 0
 
 
@@ -174,7 +176,15 @@ def parser() -> argparse.ArgumentParser:
     rig_p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     rig_p.add_argument("--config", help="rig description (default: the packaged pools.yaml)")
     rig_sub = rig_p.add_subparsers(dest="rig_command", required=True)
-    rig_sub.add_parser("build", help="build or reuse the cached binaries").set_defaults(func=_build)
+    bld = rig_sub.add_parser("build", help="build or reuse the cached binaries")
+    bld.add_argument(
+        "--with",
+        dest="with_",
+        action="append",
+        choices=("training-operator",),
+        help="also an optional binary (training-operator: the control-plane bench's baseline)",
+    )
+    bld.set_defaults(func=_build)
     rig_sub.add_parser("up", help="start (or reuse) the hub and member clusters").set_defaults(
         func=_up
     )

@@ -37,6 +37,13 @@ def seaweedfs_binary(v: RigVersions = VERSIONS) -> Path:
     return cache_dir() / "bin" / f"seaweedfs-{v.seaweedfs}" / "weed"
 
 
+def training_operator_binary(v: RigVersions = VERSIONS) -> Path:
+    """Kubeflow training-operator (`go install` names the binary after its package)."""
+    return (
+        cache_dir() / "bin" / f"training-operator-v{v.training_operator}" / "training-operator.v1"
+    )
+
+
 def s3_dir() -> Path:
     """The rig's S3 server: its data, credentials, pid file and log."""
     return rig_dir() / "s3"

@@ -14,6 +14,9 @@ class RigVersions:
     # The rig's S3 server; the module proxy knows SeaweedFS by pseudo-version only. Out of the
     # repr, which the clusters' configuration digest hashes: a new S3 server is no new cluster.
     seaweedfs: str = field(default="v0.0.0-20261109003541-7506e5f91cd6", repr=False)
+    # Kubeflow training-operator: only the control-plane bench runs it (a baseline), built on
+    # demand; out of the repr like the S3 server.
+    training_operator: str = field(default="1.8.1", repr=False)
 
     @property
     def kubernetes_minor(self) -> str:

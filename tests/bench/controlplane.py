@@ -1,9 +1,11 @@
 """Control-plane benchmark: N TrainingJobs x 4 workers over two members, against the raw limit.
 
-Three runs on the same rig, each timed from the first request to every worker pod Running:
+Four runs on the same rig, each timed from the first request to every worker pod Running:
 - raw: a tight asyncio client creating the same worker pods directly in the members;
 - floor: a tight client making every API write kaon must make per job (see `floor_limit`),
   with no decisions: what any operator of this design could reach on this machine;
+- training-operator: the same N jobs as PyTorchJobs (1 Master + 3 Workers) through Kubeflow
+  training-operator on one member (east), out of cluster: an operator in use today;
 - kaon: the operator, as `kaon run` starts it.
 Also: per-job time to admission (p50, p99), the operator's resident memory at 2N live jobs, and
 for each run the CPU seconds of every rig process and the writes each API server answered.
@@ -13,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -33,15 +38,22 @@ from kaon.api.computecluster import PoolSpec
 from kaon.api.names import FINALIZER, JOB_LABEL
 from kaon.api.settings import Settings
 from kaon.api.trainingjob import JobPlacement, TrainingJobSpec, TrainingJobStatus
-from kaon.builders.worker import JobRef, rendezvous_service, worker_identity, worker_pod
+from kaon.builders.worker import (
+    JobRef,
+    pod_resources,
+    rendezvous_service,
+    worker_identity,
+    worker_pod,
+)
 from kaon.clusters import paths as rest
 from kaon.clusters.client import ApiError, KubeClient, Obj
 from kaon.engine import hubio
 from kaon.engine.heap import TRIM_INTERVAL_S
 from kaon.lifecycle import status as transitions
 from kaon.lifecycle.decide import Observe
-from kaon_rig import paths, rig
+from kaon_rig import build, paths, rig
 from kaon_rig.config import RigPool, load_config, node_manifest
+from kaon_rig.versions import VERSIONS
 
 NS = "kaon-bench"
 MEMBERS = ("east", "west")
@@ -154,15 +166,15 @@ class RunningPods:
             await asyncio.sleep(0.05)
 
 
-async def fresh_namespace(client: KubeClient) -> None:
-    """The bench namespace, after any earlier one has finished terminating."""
+async def fresh_namespace(client: KubeClient, name: str = NS) -> None:
+    """The bench namespace (or `name`), after any earlier one has finished terminating."""
     while True:
         try:
-            ns = await client.get(f"{rest.namespaces()}/{NS}")
+            ns = await client.get(f"{rest.namespaces()}/{name}")
         except ApiError as exc:
             if not exc.not_found:
                 raise
-            await client.create(rest.namespaces(), {"metadata": {"name": NS}})
+            await client.create(rest.namespaces(), {"metadata": {"name": name}})
             return
         if not ns["metadata"].get("deletionTimestamp"):
             return
@@ -355,6 +367,8 @@ def cpu_seconds() -> dict[str, float]:
         exe = Path(cmd[0].decode(errors="replace")).name
         if b"kaon.cli" in b" ".join(cmd):
             exe = "kaon-operator"
+        elif exe.startswith("training-operator"):
+            exe = "training-operator"
         elif not any(k in exe for k in ("kube-", "etcd", "kwok")):
             continue
         else:  # .../clusters/<name>/bin/<exe>: charge it to its cluster
@@ -523,6 +537,182 @@ async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dic
         await asyncio.wait_for(op.wait(), 60)
 
 
+# Kubeflow training-operator (the baseline of the fourth run), out of cluster on one member.
+TO_MEMBER = "east"
+TO_NS = "kubeflow"  # where v1.8.1's certificate rotator looks for its Secret
+TO_SECRET = "training-operator-webhook-cert"
+TO_WEBHOOK = "validator.training-operator.kubeflow.org"
+TO_API_VERSION = "kubeflow.org/v1"
+TO_CRD = "pytorchjobs.kubeflow.org"
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+PYTORCHJOBS = rest.custom(TO_API_VERSION, "pytorchjobs", NS)
+
+
+def training_operator_cert_dir() -> Path:
+    """controller-runtime's default cert dir, where the webhook server reads its certificate
+    (v1.8.1's rotator waits for it there too, under a hard-coded /tmp: the subprocess gets
+    TMPDIR of this same temp dir)."""
+    return Path(tempfile.gettempdir()) / "k8s-webhook-server" / "serving-certs"
+
+
+def pytorchjob_manifest(name: str, workers: int) -> Obj:
+    """1 Master + (workers-1) Workers, each pod as small as kaon's bench workers, on the pool."""
+    spec = TrainingJobSpec.model_validate(job_spec(TO_MEMBER, workers))
+
+    def replicas(count: int) -> Obj:
+        container = {
+            "name": "pytorch",  # the container training-operator configures
+            "image": SETTINGS.runtime_image,
+            "imagePullPolicy": SETTINGS.image_pull_policy,
+            "resources": pod_resources(spec.resources, 0),
+        }
+        return {
+            "replicas": count,
+            "restartPolicy": "Never",
+            "template": {
+                "spec": {"nodeSelector": dict(POOL_SPEC.node_selector), "containers": [container]}
+            },
+        }
+
+    specs = {"Master": replicas(1)}
+    if workers > 1:
+        specs["Worker"] = replicas(workers - 1)
+    return {
+        "apiVersion": TO_API_VERSION,
+        "kind": "PyTorchJob",
+        "metadata": {"name": name},
+        "spec": {"pytorchReplicaSpecs": specs},
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def install_pytorchjob_crd(client: KubeClient) -> None:
+    """v1.8.1's PyTorchJob CRD, read from that module version in the Go module cache."""
+    source = await asyncio.to_thread(build.training_operator_source)
+    crd = source / "manifests" / "base" / "crds" / "kubeflow.org_pytorchjobs.yaml"
+    await ignore_conflict(client.create(CRDS, yaml.safe_load(crd.read_text())))
+    while True:
+        conditions = (await client.get(f"{CRDS}/{TO_CRD}")).get("status", {}).get("conditions")
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions or []):
+            return
+        await asyncio.sleep(0.2)
+
+
+async def copy_webhook_certs(client: KubeClient, op: asyncio.subprocess.Process) -> None:
+    """Once the operator has filled its Secret, its certificates into the cert dir: what the
+    Secret's volume does in cluster."""
+    while True:
+        data = (await client.get(rest.secret(TO_NS, TO_SECRET))).get("data") or {}
+        if {"tls.crt", "tls.key"} <= set(data):
+            break
+        if op.returncode is not None:
+            raise RuntimeError(f"training-operator exited ({op.returncode}) before its certs")
+        await asyncio.sleep(0.2)
+    cert_dir = training_operator_cert_dir()
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    for key, value in data.items():
+        (cert_dir / key).write_bytes(base64.b64decode(value))
+
+
+async def wait_for_log(log: Path, needle: str, op: asyncio.subprocess.Process) -> None:
+    """Until a line of the operator's log holds every word of `needle`."""
+    words = needle.split()
+    deadline = time.monotonic() + 120
+    while True:
+        lines = (await asyncio.to_thread(log.read_text)).splitlines()
+        if any(all(w in line for w in words) for line in lines):
+            return
+        if op.returncode is not None or time.monotonic() > deadline:
+            tail = "\n".join(lines[-20:])
+            raise RuntimeError(f"training-operator is not ready ({op.returncode}):\n{tail}")
+        await asyncio.sleep(0.2)
+
+
+async def training_operator_run(
+    clients: dict[str, KubeClient], n: int, workers: int
+) -> tuple[float, dict[str, float], dict[str, float]]:
+    """The N jobs as PyTorchJobs through training-operator on one member: seconds to all pods
+    Running, and the CPU seconds and API requests that took."""
+    client = clients[TO_MEMBER]
+    await install_pytorchjob_crd(client)
+    await fresh_namespace(client, TO_NS)
+    await ignore_conflict(
+        client.create(rest.secrets(TO_NS), {"metadata": {"name": TO_SECRET, "namespace": TO_NS}})
+    )
+    webhook = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": TO_WEBHOOK},
+    }
+    await ignore_conflict(client.create(WEBHOOKS, webhook))
+    cert_dir = training_operator_cert_dir()
+    shutil.rmtree(cert_dir, ignore_errors=True)  # a certificate of an earlier run's Secret
+    log = paths.rig_dir() / "bench-training-operator.log"
+    env = dict(
+        os.environ,
+        KUBECONFIG=str(paths.kubeconfig_path(TO_MEMBER)),
+        TMPDIR=tempfile.gettempdir(),
+    )
+    command = [
+        str(paths.training_operator_binary()),
+        "--enable-scheme=pytorchjob",
+        "--leader-elect=false",
+        "--gang-scheduler-name=",
+        "--metrics-bind-address=0",  # off
+        f"--health-probe-bind-address=127.0.0.1:{free_port()}",
+        f"--webhook-server-port={free_port()}",
+    ]
+    with log.open("w") as out:
+        op = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
+    try:
+        await copy_webhook_certs(client, op)
+        await wait_for_log(log, 'Starting workers "pytorchjob-controller"', op)
+        watcher = RunningPods({TO_MEMBER: client})  # by phase: these pods carry no kaon label
+        watcher.start()
+        await asyncio.sleep(0.5)
+        costs = await Costs.since_now(clients)
+        t0 = time.monotonic()
+        await bounded(
+            client.create(PYTORCHJOBS, pytorchjob_manifest(f"pt-{i}", workers), answer=False)
+            for i in range(n)
+        )
+        progress(f"training-operator: {n} PyTorchJobs created")
+        await watcher.wait(n * workers)
+        elapsed = time.monotonic() - t0
+        cpu, requests = await costs.so_far()
+        await watcher.stop()
+    finally:
+        op.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(op.wait(), 60)
+        await clear_training_operator(client)
+    return elapsed, cpu, requests
+
+
+async def clear_training_operator(client: KubeClient) -> None:
+    """The PyTorchJobs, their pods and Services, and training-operator's pieces gone."""
+    with contextlib.suppress(ApiError):  # not found: the CRD never came
+        await client.request("DELETE", PYTORCHJOBS, timeout_s=600)
+        while (await client.get(PYTORCHJOBS))["items"]:  # noqa: ASYNC110 (the API server's)
+            await asyncio.sleep(0.5)
+    await clear_pods({TO_MEMBER: client})
+    listing = await client.get(rest.services(NS))  # Services have no delete-collection
+    await bounded(
+        client.delete(f"{rest.services(NS)}/{s['metadata']['name']}") for s in listing["items"]
+    )
+    await client.delete_if_present(f"{CRDS}/{TO_CRD}")
+    await client.delete_if_present(f"{WEBHOOKS}/{TO_WEBHOOK}")
+    await client.delete_if_present(f"{rest.namespaces()}/{TO_NS}")  # and the Secret in it
+    shutil.rmtree(training_operator_cert_dir().parent, ignore_errors=True)
+
+
 async def cleanup(hub: KubeClient, members: dict[str, KubeClient]) -> None:
     with contextlib.suppress(ApiError):  # no operator runs now: release kaon's finalizers
         await clear_jobs(hub)
@@ -554,7 +744,9 @@ async def kaon_only(n: int, workers: int) -> None:
     )
 
 
-async def main(n: int, workers: int) -> None:
+async def main(n: int, workers: int, with_training_operator: bool = True) -> None:
+    if with_training_operator:
+        build.build_training_operator()  # on demand: `kaon rig build` leaves it out
     rig.up(load_config())
     hub = KubeClient.from_file(paths.kubeconfig_path("hub"))
     members = {m: KubeClient.from_file(paths.kubeconfig_path(m)) for m in MEMBERS}
@@ -565,6 +757,10 @@ async def main(n: int, workers: int) -> None:
         progress(f"raw client: {n * workers} pods running")
         floor, floor_cpu, floor_requests = await floor_limit(clients, n, workers)
         progress(f"floor client: {n * workers} pods running")
+        trop: tuple[float, dict[str, float], dict[str, float]] | None = None
+        if with_training_operator:
+            trop = await training_operator_run(clients, n, workers)
+            progress(f"training-operator: {n * workers} pods running")
         kaon = await with_kaon(clients, n, workers)
     finally:
         await cleanup(hub, members)
@@ -584,6 +780,24 @@ async def main(n: int, workers: int) -> None:
         "controlplane.pods_per_s_vs_floor": record(
             "controlplane.pods_per_s_vs_floor", pods / kaon["elapsed"], "pods/s", pods / floor
         ),
+        **(
+            {
+                "controlplane.training_operator_pods_per_s": record(
+                    "controlplane.training_operator_pods_per_s",
+                    pods / trop[0],
+                    "pods/s",
+                    pods / raw,
+                ),
+                "controlplane.pods_per_s_vs_training_operator": record(
+                    "controlplane.pods_per_s_vs_training_operator",
+                    pods / kaon["elapsed"],
+                    "pods/s",
+                    pods / trop[0],
+                ),
+            }
+            if trop is not None
+            else {}
+        ),
         "controlplane.admission_p50_s": record("controlplane.admission_p50_s", p50, "s"),
         "controlplane.admission_p99_s": record("controlplane.admission_p99_s", p99, "s", p50),
         f"controlplane.operator_rss_{2 * n}_jobs": record(
@@ -596,11 +810,16 @@ async def main(n: int, workers: int) -> None:
     print(f"\n{n} TrainingJobs x {workers} workers = {pods} pods over {', '.join(MEMBERS)}")
     print(f"raw asyncio client: {raw:.1f}s ({pods / raw:.1f} pods/s); kaon: {kaon['elapsed']:.1f}s")
     print(f"floor (kaon's writes, no decisions): {floor:.1f}s ({pods / floor:.1f} pods/s)")
-    for title, cpu, requests in (
-        ("raw client", raw_cpu, raw_requests),
-        ("floor client", floor_cpu, floor_requests),
-        ("kaon", kaon["cpu"], kaon["requests"]),
-    ):
+    runs = [("raw client", raw_cpu, raw_requests), ("floor client", floor_cpu, floor_requests)]
+    if trop is not None:
+        print(
+            f"training-operator v{VERSIONS.training_operator} (PyTorchJobs, 1 master + "
+            f"{workers - 1} workers, on {TO_MEMBER} alone): {trop[0]:.1f}s "
+            f"({pods / trop[0]:.1f} pods/s); kaon: {pods / kaon['elapsed']:.1f} pods/s"
+        )
+        runs.append(("training-operator", trop[1], trop[2]))
+    runs.append(("kaon", kaon["cpu"], kaon["requests"]))
+    for title, cpu, requests in runs:
         report(f"CPU seconds, {title}", cpu)
         report(f"API writes, {title}", requests)
     print(table(entries))
@@ -611,5 +830,11 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("KAON_BENCH_JOBS", "500")))
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--kaon-only", action="store_true", help="skip the baselines (profiling)")
+    parser.add_argument(
+        "--skip-training-operator", action="store_true", help="no training-operator run (quicker)"
+    )
     args = parser.parse_args()
-    asyncio.run((kaon_only if args.kaon_only else main)(args.jobs, args.workers))
+    if args.kaon_only:
+        asyncio.run(kaon_only(args.jobs, args.workers))
+    else:
+        asyncio.run(main(args.jobs, args.workers, not args.skip_training_operator))

@@ -122,7 +122,7 @@ def test_a_team_borrows_idle_quota_and_the_lender_waits_until_it_is_back(
     assert "COST/H" in wide and "QUEUE" in wide, wide
 
 
-def test_a_queue_that_is_missing_or_not_allowed_is_the_reason_a_job_waits(
+def test_a_missing_or_barred_queue_or_a_gang_over_its_quota_is_the_reason_a_job_waits(
     kaon_rig: Rig, jobs: Jobs, namespace: str, teams: tuple[str, str]
 ) -> None:
     a, _ = teams
@@ -143,6 +143,14 @@ def test_a_queue_that_is_missing_or_not_allowed_is_the_reason_a_job_waits(
         )
     finally:
         custom.delete_cluster_custom_object(GROUP, VERSION, "queues", closed)
+    # 12 A100s at once: the fleet has 16, but team-a can never hold more than its cohort's 8.
+    jobs.create(namespace, "too-big", gpu_job(workers=3))
+    big = jobs.wait(
+        namespace, "too-big", lambda j: admitted_reason(j) == "QuotaExceeded", "QuotaExceeded"
+    )
+    assert f"queue {a}: needs 12 nvidia-a100 GPUs at once" in str(
+        condition(big, "Admitted")["message"]
+    )
     jobs.create(namespace, "placed", gpu_job(), LONG_RUN)
     jobs.wait_state(namespace, "placed", "Running")
     with pytest.raises(client.ApiException) as refused:
