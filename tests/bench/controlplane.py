@@ -62,6 +62,7 @@ POOL_SPEC = PoolSpec(name=POOL.name, node_selector={"kaon.dev/pool": POOL.name})
 SETTINGS = Settings()
 JOBS = rest.custom(API_VERSION, "trainingjobs", NS)
 IN_FLIGHT = 64
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -133,15 +134,7 @@ class RunningPods:
         return sum(len(s) for s in self.running.values())
 
     async def _watch(self, member: str, client: KubeClient) -> None:
-        listing = await client.get(rest.pods(NS))
-        for p in listing["items"]:
-            self._apply(member, "ADDED", p)
-        rv = listing["metadata"]["resourceVersion"]
-        while True:
-            async for kind, p in client.watch(rest.pods(NS), rv):
-                rv = p["metadata"].get("resourceVersion", rv)
-                if kind != "BOOKMARK":
-                    self._apply(member, kind, p)
+        await watch_forever(client, rest.pods(NS), lambda k, p: self._apply(member, k, p))
 
     def _apply(self, member: str, kind: str, pod: Obj) -> None:
         name = pod["metadata"]["name"]
@@ -181,16 +174,37 @@ async def fresh_namespace(client: KubeClient, name: str = NS) -> None:
         await asyncio.sleep(1)
 
 
+async def install_crds(hub: KubeClient, *plurals: str) -> None:
+    """kaon's CRDs of these kinds from crds/ (left as they are where they exist), established."""
+    for plural in plurals:
+        name = f"{plural}.kaon.dev"
+        body = yaml.safe_load((REPO / "crds" / f"{name}.yaml").read_text())
+        await ignore_conflict(hub.create(CRDS, body))
+        await established(hub, name)
+        while True:  # a new CRD's storage answers 429 for a moment after it is established
+            try:
+                await hub.get(rest.custom(API_VERSION, plural))
+                break
+            except ApiError as exc:
+                if exc.status != 429:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+async def established(client: KubeClient, crd: str) -> None:
+    while True:
+        conditions = (await client.get(f"{CRDS}/{crd}")).get("status", {}).get("conditions")
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions or []):
+            return
+        await asyncio.sleep(0.2)
+
+
 async def prepare(
     hub: KubeClient, members: dict[str, KubeClient], costs: dict[str, float] | None = None
 ) -> None:
     """CRDs, each member's bench pool and its ComputeCluster (costPerHour from `costs`, so a
     bench can make one member the cheaper home of every job)."""
-    for name in ("computeclusters.kaon.dev", "trainingjobs.kaon.dev"):
-        body = yaml.safe_load((REPO / "crds" / f"{name}.yaml").read_text())
-        await ignore_conflict(
-            hub.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body)
-        )
+    await install_crds(hub, "computeclusters", "trainingjobs")
     for member, client in members.items():
         await fresh_namespace(client)
         for api_version, plural, obj in worker_identity(NS):  # the pods' ServiceAccount
@@ -228,30 +242,49 @@ async def prepare(
     await asyncio.sleep(2)  # the new nodes become Ready
 
 
-async def clear_jobs(hub: KubeClient) -> None:
-    """Every TrainingJob in the bench namespace gone, finalizers released (no operator runs)."""
-    listing = await hub.get(JOBS)
+async def clear_jobs(hub: KubeClient, jobs: str = JOBS) -> None:
+    """Every TrainingJob of `jobs` (the bench namespace's) gone, finalizers released (no
+    operator runs)."""
+    listing = await hub.get(jobs)
     await bounded(
-        hub.merge_patch(f"{JOBS}/{j['metadata']['name']}", {"metadata": {"finalizers": None}})
+        hub.merge_patch(f"{jobs}/{j['metadata']['name']}", {"metadata": {"finalizers": None}})
         for j in listing["items"]
     )
-    await hub.request("DELETE", JOBS, timeout_s=600)
-    while (await hub.get(JOBS))["items"]:  # noqa: ASYNC110 (the API server's state: polled)
+    await hub.request("DELETE", jobs, timeout_s=600)
+    while (await hub.get(jobs))["items"]:  # noqa: ASYNC110 (the API server's state: polled)
         await asyncio.sleep(0.5)
 
 
-async def clear_pods(members: dict[str, KubeClient]) -> None:
+async def clear_pods(members: dict[str, KubeClient], ns: str = NS) -> None:
     for client in members.values():
         await client.request(
-            "DELETE", rest.pods(NS), params={"gracePeriodSeconds": "0"}, timeout_s=600
+            "DELETE", rest.pods(ns), params={"gracePeriodSeconds": "0"}, timeout_s=600
         )
     while True:
         left = 0
         for c in members.values():
-            left += len((await c.get(rest.pods(NS)))["items"])
+            left += len((await c.get(rest.pods(ns)))["items"])
         if left == 0:
             return
         await asyncio.sleep(0.5)
+
+
+async def watch_forever(
+    client: KubeClient,
+    path: str,
+    on_event: Callable[[str, Obj], None],
+    params: dict[str, str] | None = None,
+) -> None:
+    """List `path`, hand every item to `on_event` as ADDED, then every change after it."""
+    listing = await client.get(path, **(params or {}))
+    for item in listing["items"]:
+        on_event("ADDED", item)
+    rv = listing["metadata"]["resourceVersion"]
+    while True:
+        async for kind, obj in client.watch(path, rv, params):
+            rv = obj["metadata"].get("resourceVersion", rv)
+            if kind != "BOOKMARK":
+                on_event(kind, obj)
 
 
 async def raw_limit(
@@ -544,7 +577,6 @@ TO_SECRET = "training-operator-webhook-cert"
 TO_WEBHOOK = "validator.training-operator.kubeflow.org"
 TO_API_VERSION = "kubeflow.org/v1"
 TO_CRD = "pytorchjobs.kubeflow.org"
-CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 PYTORCHJOBS = rest.custom(TO_API_VERSION, "pytorchjobs", NS)
 
@@ -597,11 +629,7 @@ async def install_pytorchjob_crd(client: KubeClient) -> None:
     source = await asyncio.to_thread(build.training_operator_source)
     crd = source / "manifests" / "base" / "crds" / "kubeflow.org_pytorchjobs.yaml"
     await ignore_conflict(client.create(CRDS, yaml.safe_load(crd.read_text())))
-    while True:
-        conditions = (await client.get(f"{CRDS}/{TO_CRD}")).get("status", {}).get("conditions")
-        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions or []):
-            return
-        await asyncio.sleep(0.2)
+    await established(client, TO_CRD)
 
 
 async def copy_webhook_certs(client: KubeClient, op: asyncio.subprocess.Process) -> None:

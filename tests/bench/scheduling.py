@@ -27,22 +27,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from controlplane import bounded, ignore_conflict, progress
+from controlplane import (
+    bounded,
+    clear_jobs,
+    clear_pods,
+    fresh_namespace,
+    ignore_conflict,
+    install_crds,
+    progress,
+    watch_forever,
+)
 from results import record, table
 
 from kaon.api.common import API_VERSION
 from kaon.api.names import GPU_RESOURCE, JOB_LABEL, QUEUE_LABEL
 from kaon.clusters import paths as rest
-from kaon.clusters.client import ApiError, KubeClient, Obj
+from kaon.clusters.client import KubeClient, Obj
 from kaon_rig import paths, rig
 from kaon_rig.config import SIM_DURATION, SIM_EXIT_CODE, RigPool, load_config, node_manifest
 
@@ -74,10 +81,6 @@ class Job:
     priority: int
     duration_s: int
     at_s: float  # when it is submitted, from the start
-
-    @property
-    def pods(self) -> int:
-        return self.workers
 
     def manifest(self) -> Obj:
         return {
@@ -150,6 +153,7 @@ def lower_bound_cost(gpus: int) -> float:
 
 async def prepare(hub: KubeClient, members: dict[str, KubeClient]) -> None:
     """Each member's GPU pool `sched` and its ComputeCluster; the teams' namespaces."""
+    await install_crds(hub, "computeclusters", "trainingjobs", "queues")
     for member, client in members.items():
         for i in range(POOL.nodes):
             await ignore_conflict(client.create(rest.nodes(), node_manifest(member, POOL, i)))
@@ -180,9 +184,8 @@ async def prepare(hub: KubeClient, members: dict[str, KubeClient]) -> None:
         await ignore_conflict(hub.create(rest.custom(API_VERSION, "computeclusters"), body))
         await hub.merge_patch(rest.custom(API_VERSION, "computeclusters", None, name), body)
     for team in WEIGHTS:
-        await ignore_conflict(
-            hub.create(rest.namespaces(), {"metadata": {"name": namespace(team)}})
-        )
+        for client in (hub, *members.values()):
+            await fresh_namespace(client, namespace(team))
     await asyncio.sleep(2)  # the new nodes become Ready
 
 
@@ -202,28 +205,8 @@ async def use_queues(hub: KubeClient, on: bool) -> None:
 async def clear(hub: KubeClient, members: dict[str, KubeClient]) -> None:
     """Every bench job gone (no operator runs: finalizers released) and every pod deleted."""
     for team in WEIGHTS:
-        jobs = rest.custom(API_VERSION, "trainingjobs", namespace(team))
-        listing = await hub.get(jobs)
-        await bounded(
-            hub.merge_patch(f"{jobs}/{j['metadata']['name']}", {"metadata": {"finalizers": None}})
-            for j in listing["items"]
-        )
-        await hub.request("DELETE", jobs, timeout_s=600)
-        for client in members.values():
-            with contextlib.suppress(ApiError):  # the namespace may not exist there yet
-                await client.request(
-                    "DELETE",
-                    rest.pods(namespace(team)),
-                    params={"gracePeriodSeconds": "0"},
-                    timeout_s=600,
-                )
-    for team in WEIGHTS:
-        jobs = rest.custom(API_VERSION, "trainingjobs", namespace(team))
-        while (await hub.get(jobs))["items"]:  # noqa: ASYNC110 (the API server's state: polled)
-            await asyncio.sleep(0.5)
-        for client in members.values():
-            while (await client.get(rest.pods(namespace(team))))["items"]:  # noqa: ASYNC110
-                await asyncio.sleep(0.5)
+        await clear_jobs(hub, rest.custom(API_VERSION, "trainingjobs", namespace(team)))
+        await clear_pods(members, namespace(team))
 
 
 async def cleanup(hub: KubeClient, members: dict[str, KubeClient]) -> None:
@@ -266,19 +249,18 @@ class Observed:
 
     def job_event(self, kind: str, body: Obj, now: float) -> None:
         meta = body["metadata"]
-        seen = self.jobs.get(f"{meta['namespace']}/{meta['name']}")
+        key = f"{meta['namespace']}/{meta['name']}"
+        seen = self.jobs.get(key)
         if seen is None or kind == "DELETED":
             return
         status = body.get("status") or {}
         placement = status.get("placement") or {}
-        placed = bool(placement) and status.get("state") not in ("Succeeded", "Failed")
-        key = f"{meta['namespace']}/{meta['name']}"
-        if placed:
+        placed = bool(placement)
+        if placed and status.get("state") not in ("Succeeded", "Failed"):  # holds its pool
             gpus = int(body["spec"]["workers"]) * int(placement.get("gpusPerWorker") or 0)
             self.placed[key] = (str(placement["cluster"]).removeprefix("sched-"), gpus)
         else:
             self.placed.pop(key, None)
-        placed = bool(placement)
         if placed and not seen.placed and seen.waiting_since is not None:
             seen.longest_wait = max(seen.longest_wait, now - seen.waiting_since)
             seen.waiting_since = None
@@ -303,20 +285,6 @@ class Observed:
 
     def pending(self, team: str) -> int:
         return sum(1 for j in self.jobs.values() if j.team == team and j.waiting_since is not None)
-
-
-async def watch_forever(
-    client: KubeClient, path: str, on_event: Any, params: dict[str, str] | None = None
-) -> None:
-    listing = await client.get(path, **(params or {}))
-    for item in listing["items"]:
-        on_event("ADDED", item)
-    rv = listing["metadata"]["resourceVersion"]
-    while True:
-        async for kind, obj in client.watch(path, rv, params):
-            rv = obj["metadata"].get("resourceVersion", rv)
-            if kind != "BOOKMARK":
-                on_event(kind, obj)
 
 
 @dataclass
@@ -459,7 +427,7 @@ async def run(
     return RunFigures(
         makespan_s=makespan,
         jobs=len(jobs),
-        pods=sum(j.pods for j in jobs),
+        pods=sum(j.workers for j in jobs),
         admissions=sum(j.admissions for j in seen.jobs.values()),
         preemptions=sum(j.preemptions for j in seen.jobs.values()),
         longest_wait_s=max(waits, default=0.0),

@@ -755,15 +755,17 @@ async def test_of_two_gangs_admitted_within_one_second_the_newer_is_preempted() 
         queues.queue_event("ADDED", {"metadata": {"name": "q", "generation": 1}, "spec": {}})
         queues.namespace_event("ADDED", {"metadata": {"name": NS, "labels": {QUEUE_LABEL: "q"}}})
         one_worker = {"workers": 1}
-        await running(world, "older", one_worker)
+        await running(world, "first", one_worker)
         world.clock.advance(0.4)  # the same whole second: only the microseconds tell them apart
-        await running(world, "newer", one_worker)
-        older, newer = world.job_status("older"), world.job_status("newer")
-        assert older["admittedAt"][:19] == newer["admittedAt"][:19]
-        assert older["admittedAt"] < newer["admittedAt"]
+        await running(world, "second", one_worker)
+        first, second = world.job_status("first"), world.job_status("second")
+        assert first["admittedAt"][:19] == second["admittedAt"][:19]
+        assert first["admittedAt"] < second["admittedAt"]
         world.clock.advance(0.2)
+        # Equally old to the second, the names would pick "first": only the microseconds say
+        # that "second" came later.
         world.apply(trainingjob("urgent", {**one_worker, "runPolicy": {"priority": 5}}))
         await world.reconcile_job("urgent")
         await world.place()
-        assert world.job_status("newer")["preemptedBy"] == f"{NS}/urgent"
-        assert world.job_status("older").get("preemptedBy") is None
+        assert world.job_status("second")["preemptedBy"] == f"{NS}/urgent"
+        assert world.job_status("first").get("preemptedBy") is None
