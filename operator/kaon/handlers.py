@@ -27,6 +27,20 @@ from kaon.manager import Manager
 log = logging.getLogger("kaon")
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf builds each event's diff base (a deep copy of the body) even for an operator with
+    event handlers only, which never read it: 5% of the operator's CPU at 500 jobs applied."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def hub_kubeconfig() -> dict[str, Any]:
     """The hub's kubeconfig: $KUBECONFIG (first file), else ~/.kube/config."""
     path = (os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")).split(":")[0]
@@ -38,6 +52,7 @@ def hub_kubeconfig() -> dict[str, Any]:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     kubeconfig = hub_kubeconfig()

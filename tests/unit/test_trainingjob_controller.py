@@ -12,9 +12,11 @@ from kaon.api.names import ATTEMPT_LABEL, GPU_RESOURCE, JOB_LABEL, QUEUE_LABEL, 
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
 from kaon.controllers.trainingjob import (
+    COUNTS_INTERVAL_S,
     EXPECTATION_TTL_S,
     LAUNCHED_ALONE_S,
     ROLLBACK_RETRY_S,
+    STARTING_COUNTS_INTERVAL_S,
     UNREACHABLE_RETRY_S,
 )
 from kaon.engine.clock import rfc3339, rfc3339_micro
@@ -282,18 +284,43 @@ async def test_running_workers_make_the_job_running_with_counts(world: World) ->
 
 
 @on_loop
-async def test_worker_counts_are_written_at_most_once_a_second(world: World) -> None:
+async def test_a_starting_gangs_partial_counts_wait_and_its_running_is_written_at_once(
+    world: World,
+) -> None:
     workers = await launched(world, "j1")
     world.run_pods(workers[:1])
     await world.settle()
     writes = world.hub_writes()
     delay = await world.reconcile_job("j1")
-    assert delay is not None and 0 < delay <= 1.0 and world.hub_writes() == writes
-    world.clock.advance(1.0)
+    assert delay is not None and 0 < delay <= STARTING_COUNTS_INTERVAL_S
+    world.clock.advance(COUNTS_INTERVAL_S)
+    await world.reconcile_job("j1")  # a running job's interval has passed, a starting one's not
+    assert world.hub_writes() == writes
+    world.clock.advance(STARTING_COUNTS_INTERVAL_S)
     await world.reconcile_job("j1")
     status = world.job_status("j1")
     assert status["workers"]["ready"] == 1 and status["state"] == "Admitted"
     assert status["launched"] is True  # rode along with the counts
+
+    world.run_pods(workers[1:])
+    await world.settle()
+    await world.reconcile_job("j1")  # no wait: Running is a state, not a count
+    assert world.job_status("j1")["state"] == "Running"
+
+
+@on_loop
+async def test_a_running_jobs_counts_are_written_at_most_once_a_second(world: World) -> None:
+    workers = await running(world, "j1")
+    world.run_pods(workers[1:], phase="Succeeded")
+    await world.settle()
+    writes = world.hub_writes()
+    world.clock.advance(COUNTS_INTERVAL_S / 2)
+    delay = await world.reconcile_job("j1")
+    assert delay is not None and 0 < delay <= COUNTS_INTERVAL_S and world.hub_writes() == writes
+    world.clock.advance(COUNTS_INTERVAL_S)
+    await world.reconcile_job("j1")
+    status = world.job_status("j1")
+    assert status["workers"]["succeeded"] == len(workers) - 1 and status["state"] == "Running"
 
 
 @on_loop
