@@ -55,6 +55,19 @@ def test_worker_pod_lands_on_the_pool_with_its_gpus_and_restricted_context() -> 
     assert (spec["hostname"], spec["subdomain"]) == ("worker-0", "mnist")
 
 
+def test_a_worker_prefers_its_packed_node_by_name_and_requires_nothing_more() -> None:
+    pod = worker_pod(JOB, SPEC, GPU_POOL, 2, attempt=0, rank=1, settings=SETTINGS, node="gpu-7")
+    affinity = pod["spec"]["affinity"]["nodeAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity
+    (term,) = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["weight"] == 100
+    assert term["preference"] == {
+        "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-7"]}]
+    }
+    unpacked = worker_pod(JOB, SPEC, GPU_POOL, 2, attempt=0, rank=1, settings=SETTINGS)
+    assert "affinity" not in unpacked["spec"]
+
+
 def test_cpu_fallback_drops_the_gpus() -> None:
     cpu_pool = PoolSpec.model_validate({"name": "cpu", "nodeSelector": {"kaon.dev/pool": "cpu"}})
     pod = worker_pod(JOB, SPEC, cpu_pool, 0, attempt=0, rank=0, settings=SETTINGS)

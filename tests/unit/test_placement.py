@@ -214,3 +214,24 @@ def test_spot_pools_take_only_gangs_that_opt_in() -> None:
     assert isinstance(got, Placed) and got.pool == "cpu-spot"
     only_spot = decide(demand(workers=1), [spot])
     assert isinstance(only_spot, Unplaceable) and only_spot.reason == "NoPoolFits"
+
+
+def test_a_gang_is_packed_into_the_fullest_nodes_that_still_hold_a_worker() -> None:
+    # Free GPUs per node 8, 2, 4, 0: two-GPU workers fill the 2, then the 4, and the whole
+    # 8-GPU node stays free for a gang that needs one.
+    node = Resources.of(cpu=64, memory="512Gi", gpus=8, pods=110)
+    used = [Resources(), Resources(gpus=6), Resources(gpus=4), node]
+    pool = replace(
+        offer("east", "gpu", node, 4, accelerator="nvidia-a100"),
+        node_free=tuple(node - u for u in used),
+        node_names=("n0", "n1", "n2", "n3"),
+    )
+    got = decide(demand(workers=3, gpus=2, prefs=(Preference("gpu"),)), [pool])
+    assert isinstance(got, Placed)
+    assert got.workers_per_node == (0, 1, 2, 0)
+    assert got.nodes == ("n1", "n2", "n2")  # rank 0 on n1, ranks 1 and 2 on n2
+
+
+def test_without_the_nodes_names_a_placement_names_no_nodes() -> None:
+    got = decide(demand(workers=2, gpus=4, prefs=FALLBACK), ALL)
+    assert isinstance(got, Placed) and got.workers_per_node == (2, 0) and got.nodes == ()

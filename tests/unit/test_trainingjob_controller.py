@@ -4,6 +4,8 @@ preemption."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 
 import pytest
@@ -32,6 +34,7 @@ from enginekit import (
     job_path,
     on_loop,
     trainingjob,
+    until,
 )
 
 
@@ -104,6 +107,30 @@ async def test_an_invalid_spec_fails_the_job_once(world: World) -> None:
 
 
 @on_loop
+async def test_placement_passes_are_paced_from_one_start_to_the_next(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = world.manager.jobs
+    jobs.settings = dataclasses.replace(jobs.settings, placement_interval_s=60.0)
+    passes: list[float] = []
+
+    async def place_waiting() -> None:
+        passes.append(world.clock.monotonic())
+        world.clock.advance(60.0)  # its writes took the whole interval
+
+    monkeypatch.setattr(jobs, "place_waiting", place_waiting)
+    loop = asyncio.create_task(jobs.placement_loop())
+    try:
+        jobs.want_placement()
+        await until(lambda: len(passes) == 1, "a want after a quiet spell served at once")
+        jobs.want_placement()
+        await until(lambda: len(passes) == 2, "a pass that took the interval followed at once")
+    finally:
+        loop.cancel()
+    assert passes[1] - passes[0] == 60.0
+
+
+@on_loop
 async def test_admission_places_the_gang_and_says_where(world: World) -> None:
     world.apply(trainingjob("j1"))
     await world.reconcile_job("j1")
@@ -117,6 +144,7 @@ async def test_admission_places_the_gang_and_says_where(world: World) -> None:
         "gpusPerWorker": 0,
         "costPerHour": 1.5,  # 2 workers of 6 of a node's 8 cores, 1 per node-hour
         "why": "preference 1 (cpu): 1.5/h, the only pool with room",
+        "nodes": ["west-cpu-0", "west-cpu-1"],  # 6 of 8 cores each: one worker a node
     }
     assert status["admittedAt"] == rfc3339_micro(world.clock)
     assert status["workers"]["total"] == 2 and status["observedGeneration"] == 1
@@ -137,11 +165,17 @@ async def test_a_gpu_gang_lands_on_the_gpu_pool_with_its_toleration(world: World
     assert status["placement"]["pool"] == "gpu"
     assert status["placement"]["accelerator"] == "nvidia-t4"
     assert status["placement"]["gpusPerWorker"] == 2
+    nodes = status["placement"]["nodes"]
+    assert len(nodes) == 2 and len(set(nodes)) == 1  # 2 + 2 of a node's 4 GPUs: packed
     for name in workers:
         pod = world.pods()[name]["spec"]
         assert pod["nodeSelector"] == {POOL_LABEL: "gpu"}
         assert pod["tolerations"] == [GPU_TOLERATION]
         assert pod["containers"][0]["resources"]["limits"][GPU_RESOURCE] == "2"
+        preferred = pod["affinity"]["nodeAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert preferred[0]["preference"]["matchFields"][0]["values"] == nodes[:1]
 
 
 @on_loop

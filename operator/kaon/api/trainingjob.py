@@ -255,6 +255,14 @@ class JobPlacement(Spec):
     why: ShortString = Field(
         default="", description="Why this pool: the rule that chose it and the best alternative."
     )
+    nodes: list[ShortString] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "The node each worker prefers, by rank: kaon's best-fit packing of the gang into "
+            "the pool's free capacity. The member's scheduler has the last word."
+        ),
+    )
 
 
 class WorkerCounts(Spec):

@@ -193,9 +193,11 @@ def worker_pod(
     attempt: int,
     rank: int,
     settings: Settings,
+    node: str | None = None,
 ) -> Obj:
-    """Worker `rank` of attempt `attempt`, pinned to the pool, running the kaon runtime."""
-    return {
+    """Worker `rank` of attempt `attempt`, pinned to the pool, running the kaon runtime; it
+    prefers `node`, placement's packing (a preference: the scheduler may know better)."""
+    pod: Obj = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -235,6 +237,23 @@ def worker_pod(
             ],
             "volumes": [_volume(spec), {"name": "tmp", "emptyDir": {}}],
         },
+    }
+    if node:
+        pod["spec"]["affinity"] = preferred_node(node)
+    return pod
+
+
+def preferred_node(node: str) -> Obj:
+    """A strong preference for one node, by name (no label needed). The default scheduler
+    weighs node affinity twice its resource scores, so the preference beats its spreading
+    whenever the node still has room, and yields when it has not."""
+    by_name = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+    return {
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "preference": by_name}
+            ]
+        }
     }
 
 

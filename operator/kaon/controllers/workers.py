@@ -78,7 +78,16 @@ class WorkerOps:
         except ApiError as exc:
             return f"cluster {member.name}: {exc}"
         pods = [
-            worker_pod(job, spec, pool, placement.gpus_per_worker, attempt, r, self.settings)
+            worker_pod(
+                job,
+                spec,
+                pool,
+                placement.gpus_per_worker,
+                attempt,
+                r,
+                self.settings,
+                placement.nodes[r] if r < len(placement.nodes) else None,
+            )
             for r in ranks
         ]
         results = await asyncio.gather(

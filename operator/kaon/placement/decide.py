@@ -63,6 +63,13 @@ def _candidates(demand: GangDemand, offers: Iterable[PoolOffer]) -> list[PoolOff
     return [o for o in offers if selector is None or selector.matches(dict(o.cluster_labels))]
 
 
+def rank_nodes(names: Sequence[str], counts: Sequence[int]) -> tuple[str, ...]:
+    """Each rank's node, ranks in node order; none where the nodes' names are unknown."""
+    if len(names) != len(counts):
+        return ()
+    return tuple(name for name, count in zip(names, counts, strict=True) for _ in range(count))
+
+
 def decide(
     demand: GangDemand, offers: Sequence[PoolOffer], book: QuotaBook | None = None
 ) -> Outcome:
@@ -103,6 +110,7 @@ def decide(
                 tuple(counts),
                 cost,
                 _why(demand, n, pref.describe(), ranked, cost, passed_over + rejected),
+                rank_nodes(best.node_names, counts),
             )
         passed_over += rejected
     if not ever_fits:

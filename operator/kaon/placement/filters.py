@@ -33,12 +33,15 @@ PoolFilter = Callable[[GangDemand, PoolOffer], Rejection | None]
 def gang_assignment(
     per_worker: Resources, workers: int, nodes: Sequence[Resources]
 ) -> list[int] | None:
-    """Workers per node if all fit at once (first fit; exact for identical workers), else None."""
-    counts, left = [], workers
-    for free in nodes:
-        n = min(per_worker.copies_in(free), left)
-        counts.append(n)
-        left -= n
+    """Workers per node if all fit at once, else None. Best fit: the nodes with room for the
+    fewest workers are filled first, so gangs pack into fragments and whole nodes stay free
+    for the gangs that need them (exact for identical workers: the order changes where, never
+    whether)."""
+    copies = [per_worker.copies_in(free) for free in nodes]
+    counts, left = [0] * len(nodes), workers
+    for i in sorted(range(len(nodes)), key=lambda i: copies[i]):
+        counts[i] = min(copies[i], left)
+        left -= counts[i]
     return counts if left == 0 else None
 
 

@@ -80,6 +80,7 @@ class Placed:
     workers_per_node: tuple[int, ...] = field(default=())
     cost_per_hour: float = 0.0  # of the whole gang there
     why: str = ""  # the choice in a sentence: the rule that chose it, the best alternative
+    nodes: tuple[str, ...] = ()  # per rank: the node of workers_per_node's assignment
 
 
 @dataclass(frozen=True)
