@@ -522,6 +522,20 @@ BOUND_CASES = [
         "greater than 0",
     ),
     Case(
+        "zero drift threshold",
+        "InferenceService",
+        SERVE | {"monitoring": {"driftThreshold": 0}},
+        "spec.monitoring.driftThreshold",
+        "greater than 0",
+    ),
+    Case(
+        "drift threshold as text",
+        "InferenceService",
+        SERVE | {"monitoring": {"driftThreshold": "high"}},
+        "spec.monitoring.driftThreshold",
+        "number",
+    ),
+    Case(
         "negative scale-down delay",
         "InferenceService",
         SERVE | {"autoscaling": {"scaleDownDelaySeconds": -1}},

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from kaon_kernels import distributed
+from kaon_kernels import distributed, reference
 from kaon_kernels.artifact import save_artifact
 from kaon_kernels.config import TrainingConfig
 from kaon_kernels.data import Split, load_data
@@ -248,6 +248,21 @@ class Trainer:
         metrics["loss"] = float(loss_sum) / max(1, int(confusion.sum()))
         return {k: round(v, 6) for k, v in metrics.items()}
 
+    @torch.no_grad()
+    def reference(self) -> reference.Reference:
+        """Training inputs as served (raw values) and the predictions on validation samples,
+        the reference the servers measure drift against."""
+        self.model.eval()
+        x = self.data.val_x.to(self.device)
+        predicted = torch.cat(
+            [
+                self.model(x[start : start + EVAL_BATCH]).argmax(1).cpu()
+                for start in range(0, x.shape[0], EVAL_BATCH)
+            ]
+        )
+        raw = self.data.train_x * self.data.std + self.data.mean
+        return reference.build(raw, predicted, self.data.num_classes)
+
     def finish(self, metrics: dict[str, float]) -> None:
         """Save the artifact and write the final report (rank 0)."""
         log(self.world, f"final parameters sha256 {parameter_digest(self.model)}", all_ranks=True)
@@ -264,6 +279,7 @@ class Trainer:
             self.data.std,
             self.job.name,
         )
+        reference.save(out, self.reference())
         artifact = self.store.publish(out)
         report = {"metrics": metrics, "artifact": artifact, "steps": self.step}
         write_report(self.job, report)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.http as triton
@@ -116,3 +118,78 @@ def test_a_trained_model_is_served_and_both_clients_read_digits_right(
     )
     assert len(pods.items) == 1
     assert services.get(namespace, "digits")["status"]["desiredReplicas"] == 1
+
+    quality_and_drift(services, namespace, url, images, truth)
+
+
+def infer_doc(images: Any, request_id: str) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(images.shape),
+                "datatype": "FP32",
+                "data": images.flatten().tolist(),
+            }
+        ],
+        "outputs": [{"name": "label"}],
+    }
+
+
+def post(url: str, path: str, doc: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        f"http://{url}{path}",
+        json.dumps(doc).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The server's metrics: each sample line's name with labels, and its value."""
+    with urllib.request.urlopen(f"http://{url}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def quality_and_drift(services: Jobs, namespace: str, url: str, images: Any, truth: Any) -> None:
+    """Live accuracy from labels sent back; no drift on digits, drift on inverted digits."""
+    # Quality: true labels sent back for an answer by its id give live accuracy.
+    answer_doc = post(url, "/v2/models/digits/infer", infer_doc(images[:40], "fb-1"))
+    predicted = answer_doc["outputs"][0]["data"]
+    paired = post(url, "/v2/models/digits/feedback", {"id": "fb-1", "labels": truth[:40].tolist()})
+    assert paired == {"id": "fb-1", "paired": 40}
+    metrics = scrape(url)
+    expected = float(np.mean(np.array(predicted) == truth[:40]))
+    assert (
+        abs(metrics['kaon_model_live_accuracy{model="digits",revision="stable"}'] - expected) < 1e-9
+    )
+
+    # Drift: the 390 unshifted digits so far are within the threshold; inverted digits are not.
+    drift = wait_for(
+        lambda: condition(services.get(namespace, "digits"), "Drift"),
+        lambda c: c.get("status") in ("True", "False"),
+        "the drift of the unshifted digits measured",
+        60,
+    )
+    assert drift["reason"] == "NoDrift", drift
+    assert metrics['kaon_model_drift_score{model="digits",revision="stable"}'] < 0.25
+    triton_client = triton.InferenceServerClient(url=url)
+    inverted = triton.InferInput("input", list(images.shape), "FP32")
+    for _ in range(4):  # 1200 samples: the window (1000) holds shifted inputs only
+        inverted.set_data_from_numpy(16 - images)
+        triton_client.infer("digits", [inverted])
+    drift = wait_for(
+        lambda: condition(services.get(namespace, "digits"), "Drift"),
+        lambda c: c.get("status") == "True",
+        "the Drift condition raised within a minute",
+        60,
+    )
+    assert drift["reason"] == "InputDrift" and "stable replica" in drift["message"]
+    assert scrape(url)['kaon_model_drift_score{model="digits",revision="stable"}'] > 0.25

@@ -10,7 +10,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kaon_kernels.serve.feedback import Quality
 from kaon_kernels.serve.metrics import ServeMetrics
+from kaon_kernels.serve.monitor import DriftSnapshot
 
 from kaonrig import REPO, Jobs, wait_for
 
@@ -74,7 +76,11 @@ def test_the_operator_counts_decisions_and_reports_clusters_pools_and_jobs(
 
 
 def _families_of_server() -> set[str]:
-    text = ServeMetrics("digits").exposition().decode()
+    """Every family a server exports, its quality ones included (measured drift, feedback)."""
+    metrics = ServeMetrics("digits", "stable")
+    drift = DriftSnapshot(300, 0.4, 2, (0.1, 0.2, 0.4), (0.5, 0.5), (0.4, 0.6))
+    metrics.watch_quality(lambda: (drift, Quality(10, 0.9, 0.85, 0.8)))
+    text = metrics.exposition().decode()
     return {f.name for f in text_string_to_metric_families(text)}
 
 

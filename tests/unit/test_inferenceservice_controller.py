@@ -43,9 +43,9 @@ def deployment(world: World, revision: Revision = "stable", member: str = "west"
     return world.members[member].peek(deployment_path("svc", revision))
 
 
-def set_load(world: World, pod: str, inflight: float, member: str = "west") -> None:
+def set_load(world: World, pod: str, inflight: float, member: str = "west", **extra: float) -> None:
     """The server reports its load on its own pod, as the runtime does."""
-    report = json.dumps({"inflight": inflight, "rps": 1.0, "ts": world.clock.wall()})
+    report = json.dumps({"inflight": inflight, "rps": 1.0, "ts": world.clock.wall(), **extra})
     world.members[member].edit(
         paths.pod(NS, pod), {"metadata": {"annotations": {LOAD_ANNOTATION: report}}}
     )
@@ -93,6 +93,9 @@ async def test_a_uri_model_is_deployed_then_ready_when_its_replica_is(world: Wor
     template = stable["spec"]["template"]["spec"]
     assert template["nodeSelector"] == {POOL_LABEL: "cpu"}
     assert template["volumes"][0]["persistentVolumeClaim"]["claimName"] == "models"
+    env = {e["name"]: e.get("value") for e in template["containers"][0]["env"]}
+    assert env["KAON_REVISION"] == "stable"  # the revision label of its quality metrics
+    assert condition(status, "Drift")["reason"] == "NotMeasured"
     assert deployment(world, "canary") is None
     service = world.members["west"].peek(f"{paths.services(NS)}/svc")
     assert service is not None and service["spec"]["selector"] == {ISVC_LABEL: "svc"}
@@ -222,6 +225,24 @@ async def test_a_canary_takes_its_share_of_the_replicas(world: World) -> None:
         for p in world.pods(selector=f"{ISVC_LABEL}=svc").values()
     }
     assert revisions == {"stable", "canary"}  # pods go with their Deployment, on the member
+
+
+@on_loop
+async def test_a_replicas_drift_report_raises_the_drift_condition_at_the_spec_threshold(
+    world: World,
+) -> None:
+    (pod,) = await ready(world, {"monitoring": {"driftThreshold": 0.5}})
+    set_load(world, pod, 1, drift=0.3, driftFeature=7)
+    await world.settle()
+    await world.reconcile_service("svc")
+    assert condition(world.service_status("svc"), "Drift")["reason"] == "NoDrift"
+    set_load(world, pod, 1, drift=0.8, driftFeature=7)
+    await world.settle()
+    await world.reconcile_service("svc")
+    drift = condition(world.service_status("svc"), "Drift")
+    assert (drift["status"], drift["reason"]) == ("True", "InputDrift")
+    assert "stable replica in west" in drift["message"] and "feature 7" in drift["message"]
+    assert "PSI 0.5" in drift["message"]
 
 
 @on_loop

@@ -35,6 +35,8 @@ class SumEngine:
     """A stand-in model: `total` is the sum of a sample's values, `label` its row in the batch."""
 
     signature = SIG
+    num_classes = 8  # labels are rows of a batch of at most 8
+    monitor = None
 
     def metadata(self) -> dict[str, Any]:
         return {"name": SIG.model_name, "versions": ["1"], "platform": "test"}
@@ -67,7 +69,8 @@ async def ask(app: App, req: Request) -> Answer:
 
 
 def served() -> tuple[App, Batcher[InferRequest, BatchResult]]:
-    app = App("digits", ServeMetrics("digits"))
+    app = App("digits", ServeMetrics("digits", "stable"))
+    app.metrics.watch_quality(app.quality)
     engine = SumEngine()
     batcher = Batcher(asyncio.get_running_loop(), engine.run, 8, 0.0, app.metrics.observe_batch)
     app.start_serving(engine, batcher)
@@ -188,6 +191,39 @@ def test_compressed_bodies_are_inflated_within_the_limit() -> None:
         assert status == 400 and "truncated" in json.loads(body)["error"]
         status, _, body = await ask(app, request("POST", path, packed, content_encoding="br"))
         assert status == 415 and "'br'" in json.loads(body)["error"]
+        batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_feedback_pairs_true_labels_with_earlier_answers_and_exports_live_quality() -> None:
+    async def scenario() -> None:
+        app, batcher = served()
+        infer = "/v2/models/digits/infer"
+        status, _, body = await ask(app, request("POST", infer, infer_body(id="q1")))
+        assert status == 200  # predicted labels 0 and 1 (rows of the batch)
+
+        def feedback(doc: Any) -> Request:
+            return request("POST", "/v2/models/digits/feedback", json.dumps(doc).encode())
+
+        status, _, body = await ask(app, feedback({"id": "q1", "labels": [0, 1, 1]}))
+        assert status == 400 and "3 labels" in json.loads(body)["error"]
+        status, _, body = await ask(app, feedback({"id": "q1", "labels": [0, "1"]}))
+        assert status == 400 and "'labels'" in json.loads(body)["error"]
+        status, _, body = await ask(app, feedback({"id": "q1", "labels": [0, 0]}))
+        assert status == 200 and json.loads(body) == {"id": "q1", "paired": 2}
+        status, _, body = await ask(app, feedback({"id": "q1", "labels": [0, 0]}))
+        assert status == 404 and "q1" in json.loads(body)["error"]  # paired once only
+        status, _, _ = await ask(app, request("GET", "/v2/models/digits/feedback"))
+        assert status == 405
+
+        text = app.metrics.exposition().decode()
+        labels = 'model="digits",revision="stable"'
+        assert f"kaon_model_live_accuracy{{{labels}}} 0.5" in text
+        assert f"kaon_model_live_feedback_pairs{{{labels}}} 2.0" in text
+        # classes 0 (true twice, predicted once right) and 1 (predicted once, wrongly)
+        assert f"kaon_model_live_macro_recall{{{labels}}} 0.25" in text
+        assert "kaon_model_drift_score" not in text  # this engine has no reference
         batcher.close()
 
     asyncio.run(scenario())

@@ -103,6 +103,37 @@ def test_load_reports_are_read_leniently_and_stale_ones_ignored() -> None:
         assert serving.parse_load(bad, NOW) is None
 
 
+def test_a_load_report_carries_its_drift_when_measured_and_bad_drift_is_dropped() -> None:
+    record = {"ts": NOW, "inflight": 1.0, "rps": 2.0}
+    raw = json.dumps(record | {"drift": 0.7, "driftFeature": 12})
+    assert serving.parse_load(raw, NOW) == serving.Load(1.0, 2.0, NOW, 0.7, 12)
+    for bad in ("x", -1, float("nan"), None, True):
+        parsed = serving.parse_load(json.dumps(record | {"drift": bad}), NOW)
+        assert parsed == serving.Load(1.0, 2.0, NOW), bad  # the load still counts
+
+
+def drift_of(*drifts: float | None, threshold: float = 0.25) -> tuple[str, str, str]:
+    reports = [
+        serving.Report(f"c{i}", "canary" if i else "stable", serving.Load(1, 1, NOW, d, 3))
+        for i, d in enumerate(drifts)
+    ]
+    status = serving.with_drift(InferenceServiceStatus(), reports, threshold, 1, "t")
+    (c,) = [c for c in status.conditions if c.type == "Drift"]
+    return c.status, c.reason, c.message
+
+
+def test_drift_is_raised_by_any_replica_past_the_threshold_and_named() -> None:
+    status, reason, message = drift_of(0.05, 0.9)
+    assert (status, reason) == ("True", "InputDrift")
+    assert "canary replica in c1" in message and "feature 3" in message
+    assert drift_of(0.05, 0.2)[:2] == ("False", "NoDrift")
+    assert drift_of(0.3, threshold=0.5)[:2] == ("False", "NoDrift")
+    assert drift_of(None, None)[:2] == ("Unknown", "NotMeasured")  # too few samples yet
+    assert drift_of()[:2] == ("Unknown", "NotMeasured")
+    # The message holds no measured value: a new report with another score writes nothing.
+    assert drift_of(0.4, 0.9) == drift_of(0.3, 5.0)
+
+
 @pytest.mark.parametrize(
     ("inflights", "expected"),
     [([0.0, 0.0], 1), ([8.0], 1), ([8.1], 2), ([20.0, 20.0], 5), ([500.0], 6)],

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from kaon_kernels.serve.app import App
 from kaon_kernels.serve.batcher import Batcher
 from kaon_kernels.serve.fetch import fetch_model
-from kaon_kernels.serve.load import LoadReporter
+from kaon_kernels.serve.load import LoadReporter, drift_report
 from kaon_kernels.serve.metrics import ServeMetrics
 from kaon_kernels.serve.server import HttpServer
 from kaon_kernels.serve.settings import Settings, SettingsError, artifact_name, parse_settings
@@ -78,18 +78,22 @@ def _start_loading(
     return future
 
 
+REVISION_ENV = "KAON_REVISION"  # stable or canary: a label of the quality metrics
+
+
 async def serve(settings: Settings, name: str) -> int:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    metrics = ServeMetrics(name)
+    metrics = ServeMetrics(name, os.environ.get(REVISION_ENV, ""))
     app = App(name, metrics, settings.max_payload_bytes)
+    metrics.watch_quality(app.quality)
     server = HttpServer(app, settings.max_payload_bytes)
     port = await server.start(settings.host, settings.port)
     log(f"model '{name}' from {settings.model_dir}: listening on http://{settings.host}:{port}")
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    reporter = LoadReporter.from_env(os.environ, loop, lambda: app.ready)
+    reporter = LoadReporter.from_env(os.environ, loop, lambda: app.ready, drift_report(app))
     if reporter is not None:
         app.load = reporter.window
 

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 import kaon_kernels
 from kaon_kernels.serve.batcher import Batcher, Done, Part
+from kaon_kernels.serve.feedback import FeedbackError, FeedbackWindow, Quality
 from kaon_kernels.serve.http11 import JSON, HttpError, Request, error_body
 from kaon_kernels.serve.load import LoadWindow
 from kaon_kernels.serve.metrics import ServeMetrics
@@ -39,6 +40,8 @@ Reply = Callable[[int, bytes, str, tuple[tuple[str, str], ...]], None]
 
 class Engine(Protocol):
     signature: Signature
+    num_classes: int
+    monitor: Any  # a DriftMonitor (torch) or None
 
     def metadata(self) -> dict[str, Any]: ...
 
@@ -61,6 +64,7 @@ class App:
         self.engine: Engine | None = None
         self.batcher: Batcher[InferRequest, BatchResult] | None = None
         self.load: LoadWindow | None = None
+        self.feedback: FeedbackWindow | None = None
         self.not_ready = "loading the model"  # why not ready; "" once ready
         self.inflight = 0
         self.draining = False  # shutting down: answers close their connections
@@ -71,9 +75,16 @@ class App:
     def ready(self) -> bool:
         return not self.not_ready
 
+    def quality(self) -> tuple[Any, Quality | None]:
+        """The drift monitor's snapshot (None without a reference) and the live quality."""
+        monitor = self.engine.monitor if self.engine is not None else None
+        drift = monitor.snapshot() if monitor is not None else None
+        return drift, self.feedback.quality() if self.feedback is not None else None
+
     def start_serving(self, engine: Engine, batcher: Batcher[InferRequest, BatchResult]) -> None:
         self.engine = engine
         self.batcher = batcher
+        self.feedback = FeedbackWindow(engine.num_classes)
         self.not_ready = ""
         self.metrics.ready.set(1)
 
@@ -132,19 +143,36 @@ class App:
             if len(rest) < 2:
                 raise HttpError(404, f"no route {req.path[:200]!r}")
             version, rest = unquote(rest[1]), rest[2:]
-        if len(rest) > 1 or (rest and rest[0] not in ("ready", "infer")):
+        if len(rest) > 1 or (rest and rest[0] not in ("ready", "infer", "feedback")):
             raise HttpError(404, f"no route {req.path[:200]!r}")
         action = rest[0] if rest else "metadata"
-        endpoint = {"ready": "model_ready", "infer": "infer", "metadata": "model_metadata"}[action]
-        _allow(req, "POST" if action == "infer" else "GET")
+        endpoint = ENDPOINTS[action]
+        _allow(req, "POST" if action in ("infer", "feedback") else "GET")
         self._check_model(name, version)
         if action == "infer":
             return endpoint, None
+        if action == "feedback":
+            return endpoint, self._feedback(req)
         if action == "ready":
             return endpoint, self._ready_answer(model=True)
         if self.engine is None:
             raise HttpError(503, f"model '{self.model_name}' is not ready: {self.not_ready}")
         return endpoint, (200, _json(self.engine.metadata()), JSON)
+
+    def _feedback(self, req: Request) -> tuple[int, bytes, str]:
+        if self.feedback is None:
+            raise HttpError(503, f"model '{self.model_name}' is not ready: {self.not_ready}")
+        try:
+            doc = json.loads(_decoded(req, self.max_body))
+        except ValueError:
+            raise HttpError(400, "feedback body is not JSON") from None
+        if not isinstance(doc, dict):
+            raise HttpError(400, 'feedback body must be {"id": ..., "labels": [...]}')
+        try:
+            paired = self.feedback.feedback(doc.get("id"), doc.get("labels"))
+        except FeedbackError as err:
+            raise HttpError(err.status, str(err)) from None
+        return 200, _json({"id": doc["id"], "paired": paired}), JSON
 
     def _check_model(self, name: str, version: str | None) -> None:
         if name != self.model_name:
@@ -191,6 +219,8 @@ class App:
             if not self.inflight:
                 self.idle.set()
             status, body, ctype, headers = _infer_answer(request, done, engine.signature)
+            if done.error is None and self.feedback is not None:
+                self.feedback.predicted(request.id, _labels(done))
             latency = time.perf_counter() - arrived
             self.metrics.latency.observe(latency)
             self.metrics.queue.observe(done.queue_s)
@@ -200,6 +230,23 @@ class App:
             reply(status, body, ctype, headers)
 
         batcher.submit(request, request.samples, answer)
+
+
+ENDPOINTS = {
+    "ready": "model_ready",
+    "infer": "infer",
+    "metadata": "model_metadata",
+    "feedback": "feedback",
+}
+
+
+def _labels(done: Done[BatchResult]) -> tuple[int, ...]:
+    """The request's predicted classes (the `label` output), over every batch it went into."""
+    return tuple(
+        int(v)
+        for result, start, stop in done.rows
+        for v in result.outputs["label"].rows[start:stop]
+    )
 
 
 def _infer_answer(
@@ -257,7 +304,9 @@ def _label(path: str) -> str:
     """The metrics' endpoint label of a refused request (a bounded set, whatever the path)."""
     if path.startswith("/v2/models/"):
         last = path.rsplit("/", 1)[-1]
-        return {"infer": "infer", "ready": "model_ready"}.get(last, "model_metadata")
+        return {"infer": "infer", "ready": "model_ready", "feedback": "feedback"}.get(
+            last, "model_metadata"
+        )
     return _LABELS.get(path, "unknown")
 
 

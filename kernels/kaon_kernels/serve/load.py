@@ -7,6 +7,9 @@ Every `interval_s` (5 s) the server summarises the requests answered since the l
 `inflight` is the mean number of requests in the server over the window (Little's law: the sum
 of the answered requests' latencies divided by the window's length), `rps` the answers per
 second, `p50Ms` the median latency (from a bounded sample), `queueMs` the mean wait for a batch.
+Once the drift window has enough samples the record also carries `drift` (the largest
+per-feature PSI of the recent inputs) and `driftFeature` (which feature), for the service's
+Drift condition.
 The operator reads the annotation from the pod (key in `KAON_LOAD_ANNOTATION`); the reporter is
 on only in a pod (see `PodAnnotator.from_env`).
 """
@@ -17,7 +20,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from kaon_kernels.podreport import PodAnnotator
 
@@ -80,10 +83,12 @@ class LoadReporter:
         annotator: PodAnnotator,
         ready: Callable[[], bool],
         interval_s: float = 5.0,
+        extra: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.loop = loop
         self.annotator = annotator
         self.ready = ready
+        self.extra = extra
         self.interval_s = interval_s
         self.window = LoadWindow(time.monotonic())
         self._timer = loop.call_later(interval_s, self._tick)
@@ -94,13 +99,15 @@ class LoadReporter:
         env: Mapping[str, str],
         loop: asyncio.AbstractEventLoop,
         ready: Callable[[], bool],
+        extra: Callable[[], dict[str, Any]] = dict,
         interval_s: float = 5.0,
     ) -> LoadReporter | None:
         annotator = PodAnnotator.from_env(env, LOAD_ANNOTATION_ENV, min_interval_s=1.0)
-        return cls(loop, annotator, ready, interval_s) if annotator else None
+        return cls(loop, annotator, ready, interval_s, extra) if annotator else None
 
     def _tick(self) -> None:
-        self.annotator.offer(self.window.snapshot(time.monotonic(), time.time(), self.ready()))
+        record = self.window.snapshot(time.monotonic(), time.time(), self.ready())
+        self.annotator.offer(record | self.extra())
         self._timer = self.loop.call_later(self.interval_s, self._tick)
 
     def close(self) -> None:
@@ -108,3 +115,19 @@ class LoadReporter:
         self._timer.cancel()
         self.annotator.offer(self.window.snapshot(time.monotonic(), time.time(), False))
         self.annotator.close()
+
+
+class QualitySource(Protocol):
+    def quality(self) -> tuple[Any, Any]: ...
+
+
+def drift_report(app: QualitySource) -> Callable[[], dict[str, Any]]:
+    """The load record's drift fields, from the app's drift snapshot (none until it has one)."""
+
+    def fields() -> dict[str, Any]:
+        drift, _ = app.quality()
+        if drift is None or drift.score is None:
+            return {}
+        return {"drift": round(drift.score, 4), "driftFeature": drift.worst_feature}
+
+    return fields

@@ -6,12 +6,24 @@
 - `kaon_serve_queue_duration_seconds{model}`: infer requests, arrival to their batch's start;
 - `kaon_serve_compute_duration_seconds{model}`: one forward pass (a batch) on the worker;
 - `kaon_serve_batch_size{model}`: samples per forward pass;
-- `kaon_serve_inflight_requests{model}` and `kaon_serve_ready{model}` gauges.
+- `kaon_serve_inflight_requests{model}` and `kaon_serve_ready{model}` gauges;
+- model quality, per model and revision, computed at each scrape (`watch_quality`):
+  `kaon_model_drift_score` (the largest per-feature PSI of the recent inputs against the
+  artifact's reference), `kaon_model_feature_psi{feature}`, `kaon_model_prediction_share{class}`
+  (recent predictions) beside `kaon_model_reference_prediction_share{class}`,
+  `kaon_model_drift_window_samples`, and from true labels sent back (`/feedback`)
+  `kaon_model_live_accuracy`, `kaon_model_live_macro_recall`, `kaon_model_live_macro_f1` over
+  the last pairs (`kaon_model_live_feedback_pairs`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -33,8 +45,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServeMetrics:
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, revision: str = "") -> None:
         self.model = model
+        self.revision = revision
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._requests = Counter(
@@ -107,5 +120,74 @@ class ServeMetrics:
         self.batch_size.observe(size)
         self.compute.observe(compute_s)
 
+    def watch_quality(self, source: Callable[[], tuple[Any, Any]]) -> None:
+        """Export `source()`'s (DriftSnapshot | None, Quality | None) at every scrape."""
+        self.registry.register(QualityCollector(self.model, self.revision, source))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class QualityCollector(Collector):
+    def __init__(self, model: str, revision: str, source: Callable[[], tuple[Any, Any]]) -> None:
+        self.labels = [model, revision]
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        drift, quality = self.source()
+        names = ["model", "revision"]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=names)
+            family.add_metric(self.labels, value)
+            return family
+
+        if drift is not None:
+            yield gauge(
+                "kaon_model_drift_window_samples",
+                "Recent inputs in the drift window.",
+                drift.samples,
+            )
+            if drift.score is not None:
+                yield gauge(
+                    "kaon_model_drift_score",
+                    "Largest per-feature PSI of the recent inputs against the reference.",
+                    drift.score,
+                )
+                per_feature = GaugeMetricFamily(
+                    "kaon_model_feature_psi",
+                    "PSI of one input feature's recent values against the reference.",
+                    labels=[*names, "feature"],
+                )
+                for f, value in enumerate(drift.feature_psi):
+                    per_feature.add_metric([*self.labels, str(f)], value)
+                yield per_feature
+            for name, shares, doc in (
+                ("kaon_model_prediction_share", drift.class_shares, "recent predictions"),
+                (
+                    "kaon_model_reference_prediction_share",
+                    drift.reference_class_shares,
+                    "predictions on the validation samples at training",
+                ),
+            ):
+                family = GaugeMetricFamily(
+                    name, f"Share of each class among the {doc}.", labels=[*names, "class"]
+                )
+                for c, share in enumerate(shares):
+                    family.add_metric([*self.labels, str(c)], share)
+                yield family
+        if quality is not None:
+            yield gauge(
+                "kaon_model_live_feedback_pairs", "Labelled answers in the window.", quality.pairs
+            )
+            yield gauge(
+                "kaon_model_live_accuracy", "Accuracy over the labelled answers.", quality.accuracy
+            )
+            yield gauge(
+                "kaon_model_live_macro_recall",
+                "Macro recall over the labelled answers.",
+                quality.macro_recall,
+            )
+            yield gauge(
+                "kaon_model_live_macro_f1", "Macro F1 over the labelled answers.", quality.macro_f1
+            )

@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 
+from kaon_kernels import reference
 from kaon_kernels.artifact import load_artifact
 from kaon_kernels.models import fuse_for_inference
 from kaon_kernels.serve.batcher import Part
+from kaon_kernels.serve.monitor import DriftMonitor
 from kaon_kernels.serve.protocol import (
     BatchResult,
     InferRequest,
@@ -37,7 +39,10 @@ class Engine:
         self.family = str(meta["model"]["family"])
         self.model = fuse_for_inference(model)
         self.sample_shape = tuple(int(d) for d in meta["input_shape"])
-        classes = int(meta["num_classes"])
+        classes = self.num_classes = int(meta["num_classes"])
+        ref = reference.load(model_dir)
+        # An artifact from before references were kept is served without drift.
+        self.monitor = DriftMonitor(ref) if ref is not None else None
         self.mean = float(meta["normalization"]["mean"])
         self.std = float(meta["normalization"]["std"])
         self.signature = Signature(
@@ -81,6 +86,8 @@ class Engine:
             logits = self.model((x - self.mean) / self.std).float()
             probs = torch.softmax(logits, dim=1)
             label = logits.argmax(dim=1)
+        if self.monitor is not None:
+            self.monitor.observe(x, label)
         return BatchResult(
             {
                 "logits": _rows(logits),
@@ -92,8 +99,12 @@ class Engine:
 
     def warm_up(self, max_batch: int) -> None:
         """Forward passes at the largest and the smallest batch, before the server is ready."""
-        for n in (max_batch, 1):
-            self.forward(torch.zeros(n, *self.sample_shape))
+        monitor, self.monitor = self.monitor, None  # zeros are not traffic
+        try:
+            for n in (max_batch, 1):
+                self.forward(torch.zeros(n, *self.sample_shape))
+        finally:
+            self.monitor = monitor
 
 
 def _rows(t: torch.Tensor) -> OutputRows:

@@ -120,6 +120,20 @@ class Batching(Spec):
     )
 
 
+class Monitoring(Spec):
+    """How the model's inputs are watched (the servers measure; kaon sets the Drift condition)."""
+
+    drift_threshold: float = Field(
+        default=0.25,
+        gt=0,
+        le=100,
+        description="Drift is raised when a replica's recent inputs (its last 1000 samples, once "
+        "it has 200) differ from the training inputs by more than this population stability "
+        "index on any input feature. 0.1-0.25 is usually read as a moderate shift, above 0.25 "
+        "as a large one.",
+    )
+
+
 class ServingPlacement(Spec):
     """Where replicas may run: ordered pool preferences, spread over clusters."""
 
@@ -189,6 +203,11 @@ class InferenceServiceSpec(Spec):
     )
     canary: Canary | None = Field(
         default=None, description="A second revision with a share of the traffic."
+    )
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring,
+        description="Input drift watched against the model's training inputs.",
+        json_schema_extra=DEFAULT_OBJECT,
     )
     queue: DNSLabel | None = Field(
         default=None,

@@ -100,6 +100,7 @@ def _container(
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "KAON_LOAD_ANNOTATION", "value": LOAD_ANNOTATION},
         {"name": "KAON_SERVICEACCOUNT_DIR", "value": SERVICEACCOUNT_DIR},
+        {"name": "KAON_REVISION", "value": revision},  # a label of its quality metrics
     ]
     if not gpus:
         env.append({"name": "KAON_DEVICE", "value": "cpu"})

@@ -247,7 +247,9 @@ class InferenceServiceController(Reconciler):
             await self._remove_everywhere_but(key, set())
             reason, message = plan.shortfall.reason, plan.shortfall.message
             return await self._not_serving(body, status, memory, reason, message)
-        desired, scaled_at = self._desired(key, spec, status, plan.slots, now)
+        desired, scaled_at = self._desired(
+            spec, status, reports := self._reports(key, plan.slots), now
+        )
         slots, allowed, short = list(plan.slots), desired, plan.shortfall
         if queue is not None:
             fit = self._within_quota(key, demand, slots, desired)
@@ -287,9 +289,15 @@ class InferenceServiceController(Reconciler):
             for split in splits
         ]
         shortfall = (short.reason, short.message) if short else None
-        new = serving.serving(
-            status, gen, now, model, views, shortfall, desired, scaled_at, canary_percent
-        ).model_copy(update={"queue": queue})
+        new = serving.with_drift(
+            serving.serving(
+                status, gen, now, model, views, shortfall, desired, scaled_at, canary_percent
+            ).model_copy(update={"queue": queue}),
+            reports,
+            spec.monitoring.drift_threshold,
+            gen,
+            now,
+        )
         new = await self._store_problems(body, memory, new, problems, gen, now)
         await self.write_status(body, new, status)
         return None
@@ -481,23 +489,30 @@ class InferenceServiceController(Reconciler):
         now = self.clock.monotonic()
         return self.health.lost(ready, now, self.settings.failover_grace_s)
 
-    def _desired(
-        self,
-        key: ObjectKey,
-        spec: InferenceServiceSpec,
-        status: InferenceServiceStatus,
-        slots: Iterable[Placed],
-        now: str,
-    ) -> tuple[int, str | None]:
+    def _reports(self, key: ObjectKey, slots: Iterable[Placed]) -> list[serving.Report]:
+        """The fresh load reports of the service's replicas (not those going away)."""
         wall = self.clock.wall()
-        loads = []
+        reports = []
         for slot in slots:
             member = self.fleet.member(slot.cluster)
             for pod in (member.replicas_of(key) if member else {}).values():
-                raw = (pod["metadata"].get("annotations") or {}).get(LOAD_ANNOTATION)
-                load = serving.parse_load(raw, wall)
-                if load is not None and not pod["metadata"].get("deletionTimestamp"):
-                    loads.append(load)
+                meta = pod["metadata"]
+                load = serving.parse_load(
+                    (meta.get("annotations") or {}).get(LOAD_ANNOTATION), wall
+                )
+                if load is not None and not meta.get("deletionTimestamp"):
+                    revision = meta["labels"].get(REVISION_LABEL, "stable")
+                    reports.append(serving.Report(slot.cluster, revision, load))
+        return reports
+
+    def _desired(
+        self,
+        spec: InferenceServiceSpec,
+        status: InferenceServiceStatus,
+        reports: list[serving.Report],
+        now: str,
+    ) -> tuple[int, str | None]:
+        loads = [r.load for r in reports]
         recommended = serving.recommend(loads, spec.autoscaling.target_concurrency, spec.replicas)
         desired = serving.next_desired(
             status.desired_replicas,

@@ -39,7 +39,7 @@ def set_condition(
 
 
 def with_condition(
-    status: S, type_: str, value: bool, reason: str, message: str, gen: int, now: str
+    status: S, type_: str, value: bool | str, reason: str, message: str, gen: int, now: str
 ) -> S:
     """The status with one condition set (see set_condition)."""
     current: list[Condition] = cast(Any, status).conditions

@@ -27,6 +27,8 @@ class Load:
     inflight: float
     rps: float
     ts: float
+    drift: float | None = None  # the largest per-feature PSI of its recent inputs
+    drift_feature: int | None = None
 
 
 def parse_load(raw: str | None, now: float) -> Load | None:
@@ -36,11 +38,50 @@ def parse_load(raw: str | None, now: float) -> Load | None:
     try:
         record = json.loads(raw)
         load = Load(float(record["inflight"]), float(record.get("rps", 0.0)), float(record["ts"]))
-    except (ValueError, TypeError, KeyError):
+        drift, feature = record.get("drift"), record.get("driftFeature")
+        measured = isinstance(drift, int | float) and not isinstance(drift, bool)
+        if measured and math.isfinite(drift) and drift >= 0:
+            feature = feature if isinstance(feature, int) and feature >= 0 else None
+            load = Load(load.inflight, load.rps, load.ts, float(drift), feature)
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
     if not math.isfinite(load.inflight) or load.inflight < 0 or now - load.ts > STALE_LOAD_S:
         return None
     return load
+
+
+@dataclass(frozen=True)
+class Report:
+    """A replica's load report and where the replica runs."""
+
+    cluster: str
+    revision: str
+    load: Load
+
+
+def with_drift(
+    s: InferenceServiceStatus, reports: Sequence[Report], threshold: float, gen: int, now: str
+) -> InferenceServiceStatus:
+    """The Drift condition from the replicas' fresh reports: True once any replica's inputs
+    drift past the threshold, False while all that measured are within it, Unknown while none
+    has measured (too few requests, or an artifact without reference statistics). Messages
+    carry no measured values (those change every report and are in the metrics), so the
+    condition is written only when it changes."""
+    measured = [r for r in reports if r.load.drift is not None]
+    if not measured:
+        message = "no replica has measured its recent inputs yet (200 samples are needed)"
+        return _cond(s, "Drift", "Unknown", "NotMeasured", message, gen, now)
+    worst = max(measured, key=lambda r: r.load.drift or 0.0)
+    if (worst.load.drift or 0.0) > threshold:
+        feature = worst.load.drift_feature
+        on = f" on input feature {feature}" if feature is not None else ""
+        message = (
+            f"recent inputs of a {worst.revision} replica in {worst.cluster} differ from the "
+            f"training inputs by more than PSI {threshold:g}{on}"
+        )
+        return _cond(s, "Drift", True, "InputDrift", message, gen, now)
+    message = f"recent inputs are within PSI {threshold:g} of the training inputs"
+    return _cond(s, "Drift", False, "NoDrift", message, gen, now)
 
 
 def _clamp(n: int, bounds: Replicas) -> int:
