@@ -187,7 +187,7 @@ class S3Store:
     def publish(self, directory: Path) -> str:
         """Upload the model's files under the attempt's prefix, then commit them."""
         prefix = self.key(f"attempt-{self.attempt}", "model")
-        for path in sorted(directory.glob("model.*")):
+        for path in sorted([*directory.glob("model.*"), *directory.glob("reference.json")]):
             self.client.upload_file(str(path), self.bucket, f"{prefix}/{path.name}")
         self.commit(artifact=prefix)
         return self.uri(prefix)

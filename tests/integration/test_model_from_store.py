@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from kaon.builders.worker import STORE_ENV
+from kaon_kernels import reference
 from kaon_kernels.artifact import load_artifact, save_artifact
 from kaon_kernels.config import CNNConfig, ModelConfig
 from kaon_kernels.models import build_model
@@ -50,6 +51,8 @@ def published(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     model = build_model(CFG, SHAPE, 10).eval()
     written = tmp_path_factory.mktemp("written")
     save_artifact(written, model, CFG, SHAPE, 10, 4.9, 6.0, "digits")
+    inputs = torch.rand(64, *SHAPE) * 16
+    reference.save(written, reference.build(inputs, torch.arange(64) % 10, 10))
     prefix = f"s3://{s3.BUCKET}/test-serve-{uuid.uuid4().hex[:8]}/team/digits/u1"
     return S3Store(prefix, 3, s3_client(env)).publish(written)
 
@@ -59,9 +62,11 @@ def test_the_fetched_artifact_is_the_published_one_and_serves_it(
 ) -> None:
     assert published.endswith("/attempt-3/model")
     fetch_model(published, tmp_path / "models", env)
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.json", "model.pt"]
+    fetched = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert fetched == ["model.json", "model.pt", "reference.json"]
     assert json.loads((tmp_path / "models" / "model.json").read_text())["name"] == "digits"
     engine = Engine(tmp_path / "models", "digits")
+    assert engine.monitor is not None  # the drift reference came along
     x = torch.rand(3, *SHAPE) * 16
     model, _ = load_artifact(tmp_path / "models")
     with torch.no_grad():
@@ -157,3 +162,15 @@ def test_bad_credentials_are_one_line_naming_the_uri_and_exit_2(
         "store Secret)"
     ]
     assert not list(tmp_path.iterdir())  # nothing half-downloaded is left for a loader
+
+
+def test_an_artifact_from_before_drift_references_is_fetched_and_served_without_drift(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    written = tmp_path / "written"
+    save_artifact(written, build_model(CFG, SHAPE, 10).eval(), CFG, SHAPE, 10, 4.9, 6.0, "old")
+    prefix = f"s3://{s3.BUCKET}/test-serve-{uuid.uuid4().hex[:8]}/team/old/u1"
+    published = S3Store(prefix, 0, s3_client(env)).publish(written)
+    fetch_model(published, tmp_path / "models", env)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.json", "model.pt"]
+    assert Engine(tmp_path / "models", "old").monitor is None

@@ -1,5 +1,6 @@
-"""A model kept in an S3 store (`--model-uri s3://...`): its model.pt and model.json are
-downloaded into the model directory before the server loads it from there."""
+"""A model kept in an S3 store (`--model-uri s3://...`): its model.pt and model.json (and
+reference.json, where the artifact has one: the drift reference) are downloaded into the model
+directory before the server loads it from there."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from kaon_kernels.serve.settings import SettingsError
 
 ARTIFACT_FILES = ("model.json", "model.pt")
+OPTIONAL_FILES = ("reference.json",)  # artifacts from before drift references have none
 _MISSING = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
 
@@ -36,14 +38,17 @@ def fetch_model(uri: str, directory: Path, env: Mapping[str, str]) -> None:
         raise SettingsError(str(err)) from None
     client = s3_client(env)
     directory.mkdir(parents=True, exist_ok=True)
-    for name in ARTIFACT_FILES:
+    for name in (*ARTIFACT_FILES, *OPTIONAL_FILES):
         key = f"{prefix}/{name}" if prefix else name
         where = f"s3://{bucket}/{key}"
         part = directory / f".{name}.part"
         try:
             client.download_file(bucket, key, str(part))
         except ClientError as err:
-            raise SettingsError(f"{where}: {_why(err.response.get('Error', {}))}") from None
+            error = err.response.get("Error", {})
+            if name in OPTIONAL_FILES and str(error.get("Code", "")) in _MISSING:
+                continue
+            raise SettingsError(f"{where}: {_why(error)}") from None
         except (BotoCoreError, OSError) as err:
             raise SettingsError(f"{where}: {err}") from None
         part.replace(directory / name)

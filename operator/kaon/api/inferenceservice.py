@@ -43,7 +43,8 @@ class ModelSource(Spec):
         default=None,
         description="pvc://CLAIM/PATH: a kaon model artifact directory on a "
         "PersistentVolumeClaim, mounted read-only by each replica; or s3://BUCKET/PREFIX: "
-        "the prefix holding model.pt and model.json, which each replica downloads.",
+        "the prefix holding model.pt and model.json (and reference.json, the drift "
+        "reference, where training wrote one), which each replica downloads.",
     )
     secret_ref: StoreSecretRef | None = Field(
         default=None, description="Credentials of the store of an s3:// uri."
