@@ -171,7 +171,7 @@ def quality_and_drift(services: Jobs, namespace: str, url: str, images: Any, tru
         abs(metrics['kaon_model_live_accuracy{model="digits",revision="stable"}'] - expected) < 1e-9
     )
 
-    # Drift: the 390 unshifted digits so far are within the threshold; inverted digits are not.
+    # Drift: the 440 unshifted digits so far are within the threshold; inverted digits are not.
     drift = wait_for(
         lambda: condition(services.get(namespace, "digits"), "Drift"),
         lambda c: c.get("status") in ("True", "False"),

@@ -75,11 +75,14 @@ class App:
     def ready(self) -> bool:
         return not self.not_ready
 
-    def quality(self) -> tuple[Any, Quality | None]:
-        """The drift monitor's snapshot (None without a reference) and the live quality."""
+    def drift(self) -> Any:
+        """The drift monitor's snapshot; None before the model or without a reference."""
         monitor = self.engine.monitor if self.engine is not None else None
-        drift = monitor.snapshot() if monitor is not None else None
-        return drift, self.feedback.quality() if self.feedback is not None else None
+        return monitor.snapshot() if monitor is not None else None
+
+    def quality(self) -> tuple[Any, Quality | None]:
+        """The drift snapshot and the live quality from feedback."""
+        return self.drift(), self.feedback.quality() if self.feedback is not None else None
 
     def start_serving(self, engine: Engine, batcher: Batcher[InferRequest, BatchResult]) -> None:
         self.engine = engine

@@ -117,15 +117,15 @@ class LoadReporter:
         self.annotator.close()
 
 
-class QualitySource(Protocol):
-    def quality(self) -> tuple[Any, Any]: ...
+class DriftSource(Protocol):
+    def drift(self) -> Any: ...
 
 
-def drift_report(app: QualitySource) -> Callable[[], dict[str, Any]]:
+def drift_report(app: DriftSource) -> Callable[[], dict[str, Any]]:
     """The load record's drift fields, from the app's drift snapshot (none until it has one)."""
 
     def fields() -> dict[str, Any]:
-        drift, _ = app.quality()
+        drift = app.drift()
         if drift is None or drift.score is None:
             return {}
         return {"drift": round(drift.score, 4), "driftFeature": drift.worst_feature}
