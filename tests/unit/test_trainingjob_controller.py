@@ -4,8 +4,6 @@ preemption."""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 
 import pytest
@@ -34,7 +32,6 @@ from enginekit import (
     job_path,
     on_loop,
     trainingjob,
-    until,
 )
 
 
@@ -104,30 +101,6 @@ async def test_an_invalid_spec_fails_the_job_once(world: World) -> None:
     await world.place()
     assert world.hub_writes() == writes
     assert world.pods() == {}
-
-
-@on_loop
-async def test_placement_passes_are_paced_from_one_start_to_the_next(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    jobs = world.manager.jobs
-    jobs.settings = dataclasses.replace(jobs.settings, placement_interval_s=60.0)
-    passes: list[float] = []
-
-    async def place_waiting() -> None:
-        passes.append(world.clock.monotonic())
-        world.clock.advance(60.0)  # its writes took the whole interval
-
-    monkeypatch.setattr(jobs, "place_waiting", place_waiting)
-    loop = asyncio.create_task(jobs.placement_loop())
-    try:
-        jobs.want_placement()
-        await until(lambda: len(passes) == 1, "a want after a quiet spell served at once")
-        jobs.want_placement()
-        await until(lambda: len(passes) == 2, "a pass that took the interval followed at once")
-    finally:
-        loop.cancel()
-    assert passes[1] - passes[0] == 60.0
 
 
 @on_loop

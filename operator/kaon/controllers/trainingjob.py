@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -495,19 +494,10 @@ class TrainingJobController(Reconciler):
     # --- admission ----------------------------------------------------------------------------
 
     async def placement_loop(self) -> None:
-        """One admission pass at a time, at most one per `placement_interval_s` counted from
-        pass start to pass start: a want after a quiet spell is served at once, and a pass
-        whose writes took the interval is followed at once. (Sleeping the interval after each
-        pass made the cycle interval + writes, about 1 s under load, and capacity freed by a
-        gang's end idled that long.)"""
-        started = -math.inf
         while True:
             await self._placement_wanted.wait()
-            pause = started + self.settings.placement_interval_s - self.clock.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
+            await asyncio.sleep(self.settings.placement_interval_s)
             self._placement_wanted.clear()
-            started = self.clock.monotonic()
             try:
                 await self.place_waiting()
             except Exception:
