@@ -4,12 +4,15 @@ the events between them, and runs their loops."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kaon.api.common import API_VERSION
 from kaon.api.names import ObjectKey
 from kaon.api.settings import Settings
-from kaon.clusters.client import KubeClient
+from kaon.clusters import paths
+from kaon.clusters.client import ApiError, KubeClient
 from kaon.controllers.computecluster import ComputeClusterController, pool_inventory
 from kaon.controllers.inferenceservice import InferenceServiceController
 from kaon.controllers.queue import QueueController
@@ -20,6 +23,9 @@ from kaon.engine.admission import Admission
 from kaon.engine.clock import Clock, SystemClock
 from kaon.engine.fleet import Fleet
 from kaon.engine.heap import trim_loop
+
+log = logging.getLogger(__name__)
+LIST_RETRY_S = 2.0
 
 
 class Manager:
@@ -98,6 +104,10 @@ class Manager:
     def start(self, trim_heap: bool = True) -> None:
         """Act: until now the controllers only took in hub events (a standby's warm caches)."""
         self.started = True
+        self._tasks = [asyncio.create_task(self._act(trim_heap), name="start")]
+
+    async def _act(self, trim_heap: bool) -> None:
+        await self._list_what_admission_reads()
         self.jobs.queue.start()
         self.services.queue.start()
         loops = [
@@ -109,7 +119,27 @@ class Manager:
         ]
         if trim_heap:
             loops.append(("heap-trim", trim_loop()))
-        self._tasks = [asyncio.create_task(loop, name=name) for name, loop in loops]
+        self._tasks += [asyncio.create_task(loop, name=name) for name, loop in loops]
+
+    async def _list_what_admission_reads(self) -> None:
+        """ComputeClusters, Queues and Namespaces, listed before the first decision: a job
+        judged before its cluster is known would fail NoMatchingCluster, one before its
+        namespace's default queue is known would be admitted past its quota. kopf's watches
+        deliver them too, but may list later than the first pass."""
+        while True:
+            try:
+                clusters, queues, namespaces = await asyncio.gather(
+                    self.hub.get(paths.custom(API_VERSION, "computeclusters")),
+                    self.hub.get(paths.custom(API_VERSION, "queues")),
+                    self.hub.get(paths.namespaces()),
+                )
+            except ApiError as exc:
+                log.warning("listing what admission reads: %s; trying again", exc)
+                await asyncio.sleep(LIST_RETRY_S)
+                continue
+            self.clusters.listed(clusters.get("items") or [])
+            self.queues.listed(queues.get("items") or [], namespaces.get("items") or [])
+            return
 
     async def stop(self) -> None:
         for t in self._tasks:

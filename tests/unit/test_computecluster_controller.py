@@ -227,3 +227,18 @@ async def test_a_status_write_the_hub_refuses_is_tried_at_the_next_publish(world
     assert body is not None and "status" not in body
     await world.manager.clusters.publish()
     assert ready_condition(world, "west")["reason"] == "Reachable"
+
+
+@on_loop
+async def test_a_startup_listing_adds_what_the_watch_has_not_shown_and_keeps_its_deletions(
+    fast_backoff: None,
+) -> None:
+    world = World([MemberSpec("west"), MemberSpec("east", gpu_nodes=0)])  # not started
+    clusters = world.manager.clusters
+    west, east = (world.hub.peek(cluster_path(n)) for n in ("west", "east"))
+    assert west is not None and east is not None
+    await clusters.object_event("DELETED", east)  # the watch saw east go after the LIST
+    clusters.listed([west, east])
+    assert set(clusters.bodies) == {"west"}
+    await clusters.object_event("ADDED", east)  # created again: the watch's word stands
+    assert set(clusters.bodies) == {"west", "east"}

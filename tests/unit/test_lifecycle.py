@@ -122,7 +122,7 @@ def test_deadline_fails_the_job() -> None:
     assert isinstance(got, Fail) and got.reason == "DeadlineExceeded"
 
 
-def test_a_job_waits_as_said_only_with_the_same_reason_and_message() -> None:
+def test_a_job_waits_as_said_with_the_same_reason_and_message_or_figures_written_lately() -> None:
     fresh = TrainingJobStatus()
     assert not transitions.waits_as_said(fresh, "InsufficientGPU", "pool a has 0 of 8 GPUs free")
     waiting = transitions.waiting(
@@ -131,6 +131,10 @@ def test_a_job_waits_as_said_only_with_the_same_reason_and_message() -> None:
     assert transitions.waits_as_said(waiting, "InsufficientGPU", "pool a has 0 of 8 GPUs free")
     assert not transitions.waits_as_said(waiting, "InsufficientGPU", "pool a has 2 of 8 GPUs free")
     assert not transitions.waits_as_said(waiting, "InsufficientCPU", "pool a has 0 of 8 GPUs free")
+    recent, refresh = 1.0, transitions.WAIT_FIGURES_REFRESH_S
+    assert transitions.waits_as_said(waiting, "InsufficientGPU", "pool a has 2 of 8 GPUs", recent)
+    assert not transitions.waits_as_said(waiting, "InsufficientGPU", "pool a has 2", refresh)
+    assert not transitions.waits_as_said(waiting, "InsufficientCPU", "pool a has 0", recent)
 
 
 def cond(s: TrainingJobStatus, type_: str) -> tuple[str, str]:

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from kaon import handlers
-from kaon.api.names import LEADER_LEASE
+from kaon.api.common import API_VERSION
+from kaon.api.names import LEADER_LEASE, QUEUE_LABEL
 from kaon.clusters import paths
 from kaon.controllers import inferenceservice as inferenceservice_controller
 from kaon.engine import metrics
@@ -67,6 +68,41 @@ async def test_started_loops_take_a_job_from_its_event_to_running(world: World) 
     assert tasks and all(t.done() for t in tasks)
     assert world.manager.fleet.member("west") is None
     assert world.members["west"].closed == 1 and world.members["west"].watching == 0
+
+
+@on_loop
+async def test_the_first_decisions_wait_for_the_listed_clusters_queues_and_namespaces(
+    fast_backoff: None,
+) -> None:
+    """kopf has delivered no ComputeCluster, Queue or Namespace yet (its first listing may come
+    after the operator starts acting): the manager lists them itself before deciding."""
+    world = World()  # not started: nothing registered
+    world.hub.put(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "Queue",
+            "metadata": {"name": "small"},
+            "spec": {"quotas": [{"resource": "cpu", "nominal": "1"}]},
+        }
+    )
+    labelled = {"name": NS, "labels": {QUEUE_LABEL: "small"}}
+    world.hub.put({"apiVersion": "v1", "kind": "Namespace", "metadata": labelled})
+    anywhere = {"workers": 1, "resources": {"cpu": "2"}}
+    named = {**anywhere, "placement": {"clusterSelector": {"matchLabels": {"zone": "w"}}}}
+    west = world.hub.peek(cluster_path("west"))
+    assert west is not None
+    west["metadata"]["labels"] = {"zone": "w"}
+    world.hub.put(west)
+    world.jobs.object_event("ADDED", world.hub.put(trainingjob("over-quota", anywhere)))
+    world.jobs.object_event("ADDED", world.hub.put(trainingjob("selects-west", named, "other")))
+    world.manager.start(trim_heap=False)
+
+    await until(lambda: world.job_status("over-quota").get("state") == "Waiting", "it waits")
+    admitted = world.job_status("over-quota")["conditions"][0]
+    assert admitted["reason"] == "QuotaExceeded" and "queue small" in admitted["message"]
+    await until(lambda: bool(world.job_status("selects-west", "other").get("placement")), "placed")
+    assert world.job_status("selects-west", "other")["placement"]["cluster"] == "west"
+    await world.manager.stop()
 
 
 @on_loop
@@ -156,8 +192,10 @@ async def test_startup_builds_and_starts_the_manager_and_cleanup_stops_it(
     await until(lambda: manager.started, "the manager started once the Lease is held")
     lease = hub_kubeconfig.peek(paths.lease("kaon-system", LEADER_LEASE))
     assert lease is not None and lease["spec"]["holderIdentity"]
+    await until(lambda: len(manager._tasks) == 7, "the manager listed, then started its loops")
     tasks = list(manager._tasks)
     assert {t.get_name() for t in tasks} == {
+        "start",
         "members",
         "placement",
         "services-resync",

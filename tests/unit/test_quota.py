@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from typing import cast
 
+from kaon.api.names import QUEUE_LABEL
 from kaon.api.resources import Resources
-from kaon.controllers.queue import export_gauges
+from kaon.clusters.client import KubeClient
+from kaon.controllers.queue import QueueController, export_gauges
 from kaon.engine.metrics import REGISTRY
 from kaon.placement import Placed, PoolOffer, Preference, Waiting, decide, plan
 from kaon.placement.model import GangDemand
@@ -225,3 +228,16 @@ def test_a_service_runs_as_many_replicas_as_its_queue_allows_over_its_clusters()
     none = replicas_within_quota(replica, [EAST_A100, west], 4, quotas, split)
     assert (none.replicas, none.used) == (0, ())
     assert none.problem is not None and "0 of 12 free" in none.problem.message
+
+
+def test_a_startup_listing_of_queues_and_namespaces_yields_to_what_the_watches_said() -> None:
+    queues = QueueController(cast(KubeClient, None))
+    ns = {"metadata": {"name": "team", "labels": {QUEUE_LABEL: "q"}}}
+    gone = {"metadata": {"name": "old", "generation": 1}, "spec": {}}
+    queues.queue_event("DELETED", gone)  # the watch saw it go after the LIST
+    queues.namespace_event("ADDED", {"metadata": {"name": "team", "labels": {}}})  # newer
+    q = {"metadata": {"name": "q", "generation": 1}, "spec": {}}
+    queues.listed([q, gone], [ns, {"metadata": {"name": "other"}}])
+    assert set(queues.specs) == {"q"}
+    assert queues.namespaces == {"team": {}, "other": {}}
+    assert queues.resolve("team", None) == (None, None)

@@ -20,6 +20,7 @@ from kaon.controllers.trainingjob import (
     UNREACHABLE_RETRY_S,
 )
 from kaon.engine.clock import rfc3339, rfc3339_micro
+from kaon.lifecycle.status import WAIT_FIGURES_REFRESH_S
 
 from enginekit import (
     GPU_TOLERATION,
@@ -172,7 +173,11 @@ async def test_a_job_that_cannot_fit_now_waits_and_tells_only_a_new_reason(world
         "west-gpu-small", cpu="16", memory="64Gi", gpus=2, labels={POOL_LABEL: "gpu"}
     )
     await world.settle()
-    await world.place()  # the same reason, another message: written, not told again
+    await world.place()  # only the figures changed, just after a write: not written yet
+    assert "0 of 4 GPUs free" in condition(world.job_status("late"), "Admitted")["message"]
+    assert world.hub_writes() == writes
+    world.clock.advance(WAIT_FIGURES_REFRESH_S)
+    await world.place()  # the same reason, new figures, later: written, not told again
     assert "2 of 4 GPUs free" in condition(world.job_status("late"), "Admitted")["message"]
     assert world.hub_writes() == writes + 1 and len(world.events("late", "Waiting")) == 1
 

@@ -137,6 +137,7 @@ class ComputeClusterController:
         self.on_change = on_change  # capacity may have come or gone: admission looks again
         self.generations: dict[str, int] = {}
         self.bodies: dict[str, Obj] = {}
+        self.deleted: set[str] = set()  # names the watch has shown deleted
         self.active = False
         self.published = Published()
         self._health_changed = asyncio.Event()
@@ -150,14 +151,26 @@ class ComputeClusterController:
         if kind == "DELETED":
             self.bodies.pop(name, None)
             self.generations.pop(name, None)
+            self.deleted.add(name)
             if self.active:
                 await self.fleet.remove(name)
         else:
+            self.deleted.discard(name)
             self.bodies[name] = body
             self.generations[name] = int(body["metadata"].get("generation", 0))
             if self.active:
                 await self.fleet.upsert(body)
         self.on_change()
+
+    def listed(self, items: list[Obj]) -> None:
+        """The ComputeClusters a LIST found as this operator began to act: those its watch has
+        not delivered yet (kopf's first listing may come later) count from now. One the watch
+        has shown deleted meanwhile stays deleted."""
+        for body in items:
+            name = body["metadata"]["name"]
+            if name not in self.bodies and name not in self.deleted:
+                self.bodies[name] = body
+                self.generations[name] = int(body["metadata"].get("generation", 0))
 
     async def activate(self) -> None:
         """Connect to the members known so far; from now on each event is acted on at once.

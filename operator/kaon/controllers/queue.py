@@ -70,6 +70,7 @@ class QueueController:
         self.hub = hub
         self.specs: dict[str, tuple[int, QueueSpec]] = {}  # name -> (generation, spec)
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
+        self._deleted: set[tuple[str, str]] = set()  # (kind, name) the watches showed deleted
         self._published: dict[str, QueueStatus] = {}
         self._uses: list[Uses] = []
         self._exported: set[tuple[str, ...]] = set()  # metric label sets, to drop stale ones
@@ -79,6 +80,7 @@ class QueueController:
 
     def queue_event(self, event: str, body: Obj) -> None:
         name = body["metadata"]["name"]
+        self._seen("Queue", name, event)
         if event == "DELETED":
             self.specs.pop(name, None)
             self._published.pop(name, None)
@@ -93,10 +95,30 @@ class QueueController:
 
     def namespace_event(self, event: str, body: Obj) -> None:
         name = body["metadata"]["name"]
+        self._seen("Namespace", name, event)
         if event == "DELETED":
             self.namespaces.pop(name, None)
         else:
             self.namespaces[name] = dict(body["metadata"].get("labels") or {})
+
+    def _seen(self, kind: str, name: str, event: str) -> None:
+        if event == "DELETED":
+            self._deleted.add((kind, name))
+        else:
+            self._deleted.discard((kind, name))
+
+    def listed(self, queues: list[Obj], namespaces: list[Obj]) -> None:
+        """What LISTs found as this operator began to act, before its first admission: a
+        namespace's default queue unknown then would admit its jobs past their quota. What the
+        watches have delivered (or shown deleted) meanwhile is newer and stays."""
+        for kind, items, known, take in (
+            ("Queue", queues, self.specs, self.queue_event),
+            ("Namespace", namespaces, self.namespaces, self.namespace_event),
+        ):
+            for body in items:
+                name = body["metadata"]["name"]
+                if name not in known and (kind, name) not in self._deleted:
+                    take("ADDED", body)
 
     def resolve(self, namespace: str, named: str | None) -> tuple[str | None, Waiting | None]:
         """The queue a workload of this namespace is admitted through (None: no quota

@@ -82,6 +82,7 @@ class JobMemory:
     expected: dict[tuple[int, int], float] = field(default_factory=dict)  # (attempt, rank)
     counts_written_at: float = 0.0
     launched_attempt: int | None = None  # attempt whose pods were all created
+    waiting_written_at: float = float("-inf")  # monotonic: the last Waiting status written
 
 
 class TrainingJobController(Reconciler):
@@ -683,6 +684,7 @@ class TrainingJobController(Reconciler):
                     await self._patch(
                         body, transitions.waiting(status, outcome.reason, outcome.message, gen, now)
                     )
+                    self.memory.of(key).waiting_written_at = self.clock.monotonic()
                     current = find_condition(status.conditions, "Admitted")
                     if current is None or current.reason != outcome.reason:
                         await self.event(
@@ -697,12 +699,15 @@ class TrainingJobController(Reconciler):
         # Only jobs with something to write get a task: at hundreds of waiting jobs most
         # passes change nothing for most of them.
         todo = []
+        mono = self.clock.monotonic()
         for key, body, spec, status in waiting:
             outcome = outcomes[f"{key[0]}/{key[1]}"]
             metrics.placement("trainingjob", outcome)
+            memory = self.memory.peek(key)
+            written_ago = mono - (memory.waiting_written_at if memory else float("-inf"))
             if not (
                 isinstance(outcome, Waiting)
-                and transitions.waits_as_said(status, outcome.reason, outcome.message)
+                and transitions.waits_as_said(status, outcome.reason, outcome.message, written_ago)
             ):
                 todo.append(apply(key, body, spec, status))
         await asyncio.gather(*todo)

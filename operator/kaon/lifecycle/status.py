@@ -32,13 +32,22 @@ def rolled_back(s: TrainingJobStatus, message: str, gen: int, now: str) -> Train
     return _with(s, gen, attempt=s.attempt + 1, launched=False)
 
 
-def waits_as_said(s: TrainingJobStatus, reason: str, message: str) -> bool:
-    """The job waits and its status already says so, with this reason and message."""
+# A waiting job's message carries live figures (GPUs free, what its queue lacks): rewritten when
+# only they change, hundreds of waiting jobs would each patch their status every pass.
+WAIT_FIGURES_REFRESH_S = 30.0
+
+
+def waits_as_said(
+    s: TrainingJobStatus, reason: str, message: str, written_ago: float = float("inf")
+) -> bool:
+    """The job waits and its status already says why: the same reason, and the same message
+    or one written less than WAIT_FIGURES_REFRESH_S ago (`written_ago`, seconds)."""
     admitted = find_condition(s.conditions, "Admitted")
     return (
         s.state == "Waiting"
         and admitted is not None
-        and (admitted.reason, admitted.message) == (reason, message)
+        and admitted.reason == reason
+        and (admitted.message == message or written_ago < WAIT_FIGURES_REFRESH_S)
     )
 
 
