@@ -14,6 +14,7 @@ Kind = Literal["TrainingJob", "InferenceService", "ComputeCluster", "Queue"]
 
 JOB: dict[str, Any] = {"model": {"family": "cnn"}}
 SERVE: dict[str, Any] = {"model": {"uri": "pvc://models/digits"}}
+AUDITED: dict[str, Any] = {"uri": "s3://audit/requests", "secretRef": {"name": "audit-s3"}}
 POOL: dict[str, Any] = {"name": "p", "nodeSelector": {"a": "b"}}
 CLUSTER: dict[str, Any] = {"hub": True, "pools": [POOL]}
 GPUS: dict[str, Any] = {"resource": "gpus", "nominal": 8}
@@ -251,6 +252,13 @@ RULE_CASES = [
         "secretRef is for an s3:// uri (a trainingJobRef's model is read with the job's)",
     ),
     Case(
+        "request logging without credentials",
+        "InferenceService",
+        SERVE | {"requestLogging": {"uri": "s3://audit/requests"}},
+        "spec.requestLogging.secretRef",
+        "requestLogging needs secretRef",
+    ),
+    Case(
         "min above max",
         "InferenceService",
         SERVE | {"replicas": {"min": 3, "max": 2}},
@@ -452,6 +460,27 @@ BOUND_CASES = [
         "should match",
     ),
     Case(
+        "a request log uri that is not s3",
+        "InferenceService",
+        SERVE | {"requestLogging": AUDITED | {"uri": "pvc://audit/requests"}},
+        "spec.requestLogging.uri",
+        "should match",
+    ),
+    Case(
+        "a request log sample rate over 1",
+        "InferenceService",
+        SERVE | {"requestLogging": AUDITED | {"sampleRate": 1.5}},
+        "spec.requestLogging.sampleRate",
+        f"{AT_MOST} 1",
+    ),
+    Case(
+        "a negative request log sample rate",
+        "InferenceService",
+        SERVE | {"requestLogging": AUDITED | {"sampleRate": -0.01}},
+        "spec.requestLogging.sampleRate",
+        f"{AT_LEAST} 0",
+    ),
+    Case(
         "negative backoff",
         "TrainingJob",
         JOB | {"runPolicy": {"backoffLimit": -1}},
@@ -501,11 +530,25 @@ BOUND_CASES = [
         f"{AT_MOST} 1000",
     ),
     Case(
-        "zero min replicas",
+        "negative min replicas",
         "InferenceService",
-        SERVE | {"replicas": {"min": 0, "max": 1}},
+        SERVE | {"replicas": {"min": -1, "max": 1}},
         "spec.replicas.min",
+        f"{AT_LEAST} 0",
+    ),
+    Case(
+        "zero max replicas",
+        "InferenceService",
+        SERVE | {"replicas": {"min": 0, "max": 0}},
+        "spec.replicas.max",
         f"{AT_LEAST} 1",
+    ),
+    Case(
+        "an idle period of a few seconds",
+        "InferenceService",
+        SERVE | {"autoscaling": {"scaleToZeroAfterSeconds": 3}},
+        "spec.autoscaling.scaleToZeroAfterSeconds",
+        f"{AT_LEAST} 10",
     ),
     Case(
         "too many replicas",

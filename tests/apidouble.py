@@ -357,6 +357,7 @@ class ApiDouble(KubeClient):
         self._watches: set[_Watch] = set()
         self._held: list[Change] | None = None  # changes open watches have not been sent yet
         self._names = itertools.count(1)
+        self._pod_ips: dict[tuple[str, str], str] = {}  # the kubelet's address of each pod
         _SERVERS[self.server] = self
         for ns in INITIAL_NAMESPACES:
             self.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
@@ -931,6 +932,9 @@ class ApiDouble(KubeClient):
         if phase == "Running":
             status["conditions"] = [{"type": "Ready", "status": "True"}]
             status["containerStatuses"] = [{"name": "main", "state": {"running": {}}}]
+            status["podIP"] = self._pod_ips.setdefault(
+                (namespace, pod), f"10.244.0.{len(self._pod_ips) % 250 + 2}"
+            )
         if phase in TERMINAL_PHASES:
             code = exit_code if exit_code is not None else (0 if phase == "Succeeded" else 1)
             terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}

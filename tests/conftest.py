@@ -26,6 +26,8 @@ from kaonrig import (
     Jobs,
     OperatorProcess,
     Rig,
+    free_port,
+    http_status,
     install_chart,
     register_cluster,
     wait_for,
@@ -151,17 +153,46 @@ def operator_kubeconfig(kaon_rig: Rig, kaon_crds: None) -> Path:
 
 
 @pytest.fixture(scope="session")
-def kaon_operator(
+def kaon_router(
     kaon_rig: Rig, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`kaon router` on a free local port as the chart's router ServiceAccount; its URL."""
+    kubeconfig = identity.write_kubeconfig("hub", RELEASE_NAMESPACE, f"{RELEASE}-router")
+    port = free_port()
+    router = OperatorProcess(
+        kubeconfig,
+        tmp_path_factory.mktemp("router") / "log",
+        ("--host", "127.0.0.1", "--port", str(port), "--hold-timeout-seconds", "120"),
+        command="router",
+    )
+    router.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_status(f"{url}/healthz"), lambda s: s == 200, "the router listed", 30)
+    yield url
+    router.stop()
+    denials = router.rbac_denials()
+    assert not denials, f"the chart's RBAC refused the router: {denials[:5]}"
+
+
+@pytest.fixture(scope="session")
+def kaon_operator(
+    kaon_rig: Rig,
+    operator_kubeconfig: Path,
+    kaon_router: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     """`kaon run` against the hub as the chart's ServiceAccount (not the rig's admin), with the
-    rig's kwok members east and west registered.
+    rig's kwok members east and west registered, and services' addresses through the router.
 
     The process-agent pool (examples/clusters/local.yaml) is registered by the e2e tests only.
     """
     for name in ("east", "west"):
         register_cluster(kaon_rig, REPO / "examples" / "clusters" / f"{name}.yaml")
-    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "log")
+    op = OperatorProcess(
+        operator_kubeconfig,
+        tmp_path_factory.mktemp("operator") / "log",
+        env={"KAON_ROUTER_URL": kaon_router},
+    )
     op.start()
     wait_members_ready(kaon_rig)
     yield op

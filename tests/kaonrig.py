@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +57,46 @@ class Rig:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.config.clusters]
+
+
+KSERVE_PY = Path(__file__).resolve().parent.parent / ".venv" / "kserve" / "bin" / "python"
+KSERVE_CLIENT = Path(__file__).resolve().parent / "e2e" / "kserve_v2_client.py"
+
+
+def kserve_client(url: str, model: str, samples: Any, work: Path) -> dict[str, Any]:
+    """What KServe's own V2 REST client (in the KServe venv) found at `url`: readiness, and
+    the answers to `samples` as JSON and as binary tensors (tests/e2e/kserve_v2_client.py)."""
+    inputs = work / "kserve-samples.json"
+    inputs.write_text(json.dumps(samples.tolist()))
+    done = subprocess.run(
+        [str(KSERVE_PY), str(KSERVE_CLIENT), url, model, str(inputs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 free now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http_status(url: str) -> int:
+    """The status of a GET, 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            status: int = answer.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
 
 
 def wait_for(
@@ -108,7 +152,8 @@ RBAC_DENIAL = re.compile(r'User \\?"[^"\\]+\\?" cannot [a-z]+ ')
 
 
 class OperatorProcess:
-    """`kaon run` as a user runs it, against the rig's hub, logging to a file."""
+    """`kaon run` (or another `kaon` command: `router`) as a user runs it, against the rig's
+    hub, logging to a file."""
 
     def __init__(
         self,
@@ -116,11 +161,13 @@ class OperatorProcess:
         log_path: Path,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        command: str = "run",
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.args = args
         self.env = env or {}
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
         self.excused: list[tuple[int, int]] = []  # log byte ranges where denials are expected
 
@@ -133,7 +180,7 @@ class OperatorProcess:
         )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kaon.cli", "run", *self.args],
+                [sys.executable, "-m", "kaon.cli", self.command, *self.args],
                 env=env,
                 stdout=log,
                 stderr=log,

@@ -16,6 +16,7 @@ from typing import Any
 from kaon import statusview
 from kaon.api import render
 from kaon.api.common import GROUP, VERSION
+from kaon.lifecycle.routing import HoldLimits
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -110,6 +111,35 @@ def _status(args: argparse.Namespace) -> int:
         return 0
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
+
+
+def _router(args: argparse.Namespace) -> int:
+    from kaon.clusters.kubeconfig import hub_kubeconfig  # noqa: PLC0415
+    from kaon.router.main import serve  # noqa: PLC0415
+
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    if args.max_held_requests < 1:
+        print("kaon: --max-held-requests must be at least 1", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    limits = HoldLimits(args.hold_timeout_seconds, args.max_held_requests)
+    asyncio.run(serve(hub_kubeconfig(), args.host, args.port, limits))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +165,26 @@ def _parser() -> argparse.ArgumentParser:
     run_p.add_argument("--liveness", help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
     run_p.add_argument("-v", "--verbose", action="store_true")
     run_p.set_defaults(func=_run)
+
+    router_p = sub.add_parser(
+        "router", help="serve every InferenceService at one address (splits, holds, wakes)"
+    )
+    router_p.add_argument("--kubeconfig", help="the hub's kubeconfig (default: $KUBECONFIG)")
+    router_p.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
+    router_p.add_argument("--port", type=_port, default=8090, help="port to listen on (8090)")
+    router_p.add_argument(
+        "--hold-timeout-seconds",
+        type=_positive,
+        default=HoldLimits.timeout_s,
+        help="how long a request waits for a ready replica before its 503 (60)",
+    )
+    router_p.add_argument(
+        "--max-held-requests",
+        type=int,
+        default=HoldLimits.max_held,
+        help="requests held per service at most; more get 503 at once (1000)",
+    )
+    router_p.set_defaults(func=_router)
 
     st = sub.add_parser("status", help="clusters, pools, jobs and services on the hub")
     st.add_argument("--kubeconfig", help="the hub's kubeconfig (default: $KUBECONFIG)")

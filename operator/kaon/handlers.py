@@ -13,12 +13,12 @@ import socket
 from typing import Any
 
 import kopf
-import yaml
 
 from kaon.api.common import GROUP, VERSION
 from kaon.api.names import LEADER_LEASE
 from kaon.api.settings import Settings
 from kaon.clusters.client import KubeClient
+from kaon.clusters.kubeconfig import hub_kubeconfig
 from kaon.engine import metrics
 from kaon.engine.clock import SystemClock
 from kaon.engine.leader import LeaderElection
@@ -39,14 +39,6 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
-
-
-def hub_kubeconfig() -> dict[str, Any]:
-    """The hub's kubeconfig: $KUBECONFIG (first file), else ~/.kube/config."""
-    path = (os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")).split(":")[0]
-    with open(path) as f:
-        config: dict[str, Any] = yaml.safe_load(f)
-    return config
 
 
 @kopf.on.startup()

@@ -8,7 +8,6 @@ its endpoint (the rig has no kube-proxy: the EndpointSlice's address is what a c
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,19 @@ import tritonclient.http as triton
 from kubernetes import client
 from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
-from kaonrig import REPO, Jobs, Rig, bound_claim, condition, kubectl, state, wait_for
+from kaonrig import (
+    REPO,
+    Jobs,
+    Rig,
+    bound_claim,
+    condition,
+    kserve_client,
+    kubectl,
+    state,
+    wait_for,
+)
 
 EXAMPLE = REPO / "examples" / "inferenceservices" / "digits.yaml"
-KSERVE_PY = REPO / ".venv" / "kserve" / "bin" / "python"
-KSERVE_CLIENT = Path(__file__).with_name("kserve_v2_client.py")
 SERVE_TIMEOUT_S = 420.0
 
 
@@ -87,16 +94,7 @@ def test_a_trained_model_is_served_and_both_clients_read_digits_right(
     assert accuracy >= 0.9, accuracy
 
     # KServe's own V2 REST client (in its venv), JSON and binary tensors.
-    samples = tmp_path / "samples.json"
-    samples.write_text(json.dumps(images[:50].tolist()))
-    done = subprocess.run(
-        [str(KSERVE_PY), str(KSERVE_CLIENT), f"http://{url}", "digits", str(samples)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = kserve_client(f"http://{url}", "digits", images[:50], tmp_path)
     assert found["ready"] == [True, True, True]
     for mode in ("json", "binary"):
         assert found[mode]["model_name"] == "digits"

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from kaon.api.names import ISVC_LABEL, LOAD_ANNOTATION, REVISION_LABEL
+from kaon.api.names import ISVC_LABEL, LOAD_ANNOTATION, REVISION_LABEL, WANTED_ANNOTATION
 from kaon.builders.server import Revision
 from kaon.clusters import paths
 from kaon.clusters.client import Obj
 from kaon.controllers.inferenceservice import RETRY_S
-from kaon.engine.clock import rfc3339
+from kaon.engine.clock import rfc3339, rfc3339_micro
 
 from enginekit import (
     NS,
@@ -81,6 +81,7 @@ async def test_a_uri_model_is_deployed_then_ready_when_its_replica_is(world: Wor
             "replicas": 1,
             "readyReplicas": 0,
             "canaryReplicas": 0,
+            "endpoints": [],
         }
     ]
     assert status["desiredReplicas"] == 1 and status["url"] == "http://svc.team.svc.cluster.local"
@@ -107,6 +108,10 @@ async def test_a_uri_model_is_deployed_then_ready_when_its_replica_is(world: Wor
     status = world.service_status("svc")
     assert status["state"] == "Ready" and status["readyReplicas"] == 1
     assert condition(status, "Ready")["reason"] == "ReplicasReady"
+    (ready_pod,) = (world.members["west"].peek(paths.pod(NS, p)) for p in pods)
+    assert ready_pod is not None
+    address = f"{ready_pod['status']['podIP']}:8080"
+    assert status["clusters"][0]["endpoints"] == [{"address": address, "revision": "stable"}]
 
 
 @on_loop
@@ -123,7 +128,7 @@ async def test_nothing_is_applied_or_written_again_when_nothing_changed(world: W
 @on_loop
 async def test_an_invalid_spec_fails_the_service(world: World) -> None:
     body = inferenceservice("svc")
-    body["spec"]["replicas"] = {"min": 0}
+    body["spec"]["replicas"] = {"min": -1}
     world.apply(body)
     await world.reconcile_service("svc")
     status = world.service_status("svc")
@@ -429,3 +434,72 @@ async def test_a_jobs_artifact_is_served_first_where_its_claim_is(fast_backoff: 
         # west is cheaper, but east's claim holds the artifact
         assert [c["cluster"] for c in world.service_status("svc")["clusters"]] == ["east"]
         assert deployment(world, member="east") is not None and deployment(world) is None
+
+
+@on_loop
+async def test_an_idle_service_scales_to_zero_and_a_held_request_wakes_it(world: World) -> None:
+    spec = {"replicas": {"min": 0, "max": 2}, "autoscaling": {"scaleToZeroAfterSeconds": 60}}
+    (pod,) = await ready(world, spec)
+    assert condition(world.service_status("svc"), "ScaledToZero")["status"] == "False"
+    world.clock.advance(50)
+    set_load(world, pod, 0.2)  # a request within the idle period: the period starts again
+    await world.settle()
+    await world.reconcile_service("svc")
+    world.clock.advance(50)
+    await world.reconcile_service("svc")
+    assert world.service_status("svc")["desiredReplicas"] == 1
+
+    world.clock.advance(11)  # 61 s without a request (the report is stale by now)
+    await world.reconcile_service("svc")
+    status = world.service_status("svc")
+    assert (status["state"], status["desiredReplicas"], status["replicas"]) == (
+        "ScaledToZero",
+        0,
+        0,
+    )
+    assert condition(status, "ScaledToZero")["status"] == "True"
+    assert condition(status, "Ready")["reason"] == "ScaledToZero"
+    zero = deployment(world)
+    assert zero is not None and zero["spec"]["replicas"] == 0  # kept, to scale up without a create
+    assert [e["message"] for e in world.events("svc", "ScaledDown")] == ["1 -> 0 replicas"]
+    await world.members["west"].delete(paths.pod(NS, pod))  # the ReplicaSet's doing
+    await world.settle()
+
+    world.clock.advance(30)
+    world.edit(
+        isvc_path("svc"),
+        {"metadata": {"annotations": {WANTED_ANNOTATION: rfc3339_micro(world.clock)}}},
+    )
+    await world.reconcile_service("svc")
+    status = world.service_status("svc")
+    assert (status["state"], status["desiredReplicas"]) == ("Deploying", 1)
+    woken = deployment(world)
+    assert woken is not None and woken["spec"]["replicas"] == 1
+    assert condition(status, "ScaledToZero")["status"] == "False"
+
+
+@on_loop
+async def test_a_request_held_before_the_last_scaling_wakes_nothing(world: World) -> None:
+    """An operator that restarts finds the annotation of a request it already answered."""
+    spec = {"replicas": {"min": 0, "max": 2}, "autoscaling": {"scaleToZeroAfterSeconds": 60}}
+    await ready(world, spec)
+    world.edit(
+        isvc_path("svc"),
+        {"metadata": {"annotations": {WANTED_ANNOTATION: rfc3339_micro(world.clock)}}},
+    )
+    world.clock.advance(61)
+    await world.reconcile_service("svc")
+    assert world.service_status("svc")["state"] == "ScaledToZero"
+    world.clock.advance(5)
+    await world.reconcile_service("svc")
+    assert world.service_status("svc")["desiredReplicas"] == 0
+
+
+@on_loop
+async def test_a_service_without_min_zero_keeps_its_replica_when_idle(world: World) -> None:
+    await ready(world)
+    world.clock.advance(3600)
+    await world.reconcile_service("svc")
+    status = world.service_status("svc")
+    assert status["desiredReplicas"] == 1 and status["state"] == "Ready"
+    assert not [c for c in status["conditions"] if c["type"] == "ScaledToZero"]

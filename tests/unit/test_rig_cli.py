@@ -49,7 +49,7 @@ def test_kaon_help_lists_rig_beside_the_product_commands(
 ) -> None:
     with pytest.raises(SystemExit):
         cli.main(["--help"])
-    assert "{run,status,crds,rig}" in capsys.readouterr().out
+    assert "{run,router,status,crds,rig}" in capsys.readouterr().out
 
 
 def test_kaon_rig_kubeconfig_of_an_unknown_cluster_names_the_known_ones(

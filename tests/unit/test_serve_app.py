@@ -21,6 +21,7 @@ from kaon_kernels.serve.protocol import (
     Signature,
     TensorSpec,
 )
+from kaon_kernels.serve.requestlog import Counters, LogPlace, RequestLog
 
 SIG = Signature(
     "digits",
@@ -224,6 +225,33 @@ def test_feedback_pairs_true_labels_with_earlier_answers_and_exports_live_qualit
         # classes 0 (true twice, predicted once right) and 1 (predicted once, wrongly)
         assert f"kaon_model_live_macro_recall{{{labels}}} 0.25" in text
         assert "kaon_model_drift_score" not in text  # this engine has no reference
+        batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_every_other_answered_infer_request_goes_to_the_request_log() -> None:
+    async def scenario() -> None:
+        app, batcher = served()
+        written: dict[str, bytes] = {}
+        counters = Counters(app.metrics.request_log_written, app.metrics.request_log_dropped)
+        place = LogPlace("digits", "stable", "digits-stable-1")
+        app.request_log = RequestLog(place, SIG, written.__setitem__, 0.5, counters)
+        infer = "/v2/models/digits/infer"
+        for n in range(4):
+            status, _, _ = await ask(app, request("POST", infer, infer_body(id=f"q{n}")))
+            assert status == 200
+        unknown_output = infer_body(id="bad", outputs=[{"name": "nope"}])
+        assert (await ask(app, request("POST", infer, unknown_output)))[0] == 400
+        app.request_log.close()
+        (body,) = written.values()
+        lines = [json.loads(line) for line in gzip.decompress(body).splitlines()]
+        assert [(r["id"], r["outputs"][0]["data"]) for r in lines] == [
+            ("q0", [3.0, 7.0]),
+            ("q2", [3.0, 7.0]),
+        ]
+        text = app.metrics.exposition().decode()
+        assert 'kaon_request_log_records_total{model="digits",revision="stable"} 2.0' in text
         batcher.close()
 
     asyncio.run(scenario())

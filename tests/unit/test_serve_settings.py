@@ -67,3 +67,49 @@ def test_a_model_uri_comes_from_the_flag_or_the_environment() -> None:
     assert parse_settings(["--model-dir", "m"], {"KAON_MODEL_URI": ""}).model_uri is None
     with pytest.raises(SettingsError, match="KAON_MODEL_URI: 'pvc://models/a' is not an s3://"):
         parse_settings(["--model-dir", "m"], {"KAON_MODEL_URI": "pvc://models/a"})
+
+
+def test_the_request_log_is_off_unless_given_a_uri_and_a_rate_above_zero() -> None:
+    assert not parse_settings(["--model-dir", "m"], {}).logs_requests
+    uri = "s3://audit/kaon/requests"
+    on = parse_settings(["--model-dir", "m"], {"KAON_REQUEST_LOG_URI": uri})
+    assert on.logs_requests and (on.request_log_uri, on.request_log_sample_rate) == (uri, 0.01)
+    flags = ["--model-dir", "m", "--request-log-uri", "s3://b", "--request-log-sample-rate", "1"]
+    got = parse_settings(flags, {"KAON_REQUEST_LOG_URI": uri})
+    assert (got.request_log_uri, got.request_log_sample_rate) == ("s3://b", 1.0)
+    zero = {"KAON_REQUEST_LOG_URI": uri, "KAON_REQUEST_LOG_SAMPLE_RATE": "0"}
+    assert not parse_settings(["--model-dir", "m"], zero).logs_requests
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        (["--request-log-uri", "gs://b/p"], {}, "--request-log-uri: 'gs://b/p' is not an s3://"),
+        (
+            [],
+            {"KAON_REQUEST_LOG_URI": "s3:///p"},
+            "KAON_REQUEST_LOG_URI: 's3:///p' is not an s3://",
+        ),
+        (
+            ["--request-log-sample-rate", "1.5"],
+            {},
+            "--request-log-sample-rate: 1.5 is outside 0..1",
+        ),
+        (
+            [],
+            {"KAON_REQUEST_LOG_SAMPLE_RATE": "-0.1"},
+            "KAON_REQUEST_LOG_SAMPLE_RATE: -0.1 is outside",
+        ),
+        (
+            ["--request-log-sample-rate", "1%"],
+            {},
+            "--request-log-sample-rate: '1%' is not a number",
+        ),
+    ],
+)
+def test_bad_request_log_settings_name_the_flag_or_variable(
+    argv: list[str], env: dict[str, str], words: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(["--model-dir", "m", *argv], env)
+    assert words in str(caught.value)

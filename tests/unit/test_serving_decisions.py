@@ -224,6 +224,34 @@ def test_canary_share_in_effect_is_reported_and_flagged_when_approximated() -> N
     assert gone.canary is None and "CanaryShare" not in {c.type for c in gone.conditions}
 
 
+def test_through_the_router_the_share_is_exact_once_both_revisions_are_ready() -> None:
+    s = InferenceServiceStatus()
+    router = "http://router:8090/serving/ns/digits"
+    both = serving.serving(s, 1, "t", MODEL, [view("west", 1, 1, 1, 1)], None, 2, None, 10, router)
+    assert both.url == router and both.canary is not None and both.canary.effective_percent == 10
+    cond = {c.type: c for c in both.conditions}["CanaryShare"]
+    assert (cond.status, cond.reason) == ("True", "Exact") and "split by the router" in cond.message
+    early = serving.serving(s, 1, "t", MODEL, [view("west", 1, 1, 1, 0)], None, 2, None, 10, router)
+    assert early.canary is not None and early.canary.effective_percent == 0  # all to stable
+    assert {c.type: c.status for c in early.conditions}["CanaryShare"] == "False"
+
+
+def test_a_service_at_zero_is_ready_through_the_router_and_says_it_is_scaled_to_zero() -> None:
+    s = InferenceServiceStatus()
+    zero = serving.serving(
+        s, 1, "t", MODEL, [view("west", 0, 0, 0, 0)], None, 0, None, None, "u", True
+    )
+    cond = {c.type: c for c in zero.conditions}
+    assert zero.state == "ScaledToZero" and zero.replicas == 0
+    assert (cond["Ready"].status, cond["Ready"].reason) == ("True", "ScaledToZero")
+    assert cond["ScaledToZero"].status == "True"
+    back = serving.serving(
+        zero, 1, "t", MODEL, [view("west", 1, 0, 0, 0)], None, 1, None, None, "u", True
+    )
+    assert back.state == "Deploying"
+    assert {c.type: c.status for c in back.conditions}["ScaledToZero"] == "False"
+
+
 def test_the_server_deployment_injects_the_runtime_with_probes_and_the_pool() -> None:
     pool = PoolSpec.model_validate(
         {
@@ -254,3 +282,23 @@ def test_the_server_deployment_injects_the_runtime_with_probes_and_the_pool() ->
     # One Service selects both revisions: the replica ratio is the traffic share.
     assert set(svc["spec"]["selector"].items()) <= set(labels.items())
     assert "kaon.dev/revision" not in svc["spec"]["selector"]
+
+
+def test_a_service_that_may_scale_to_zero_runs_none_only_after_its_idle_period() -> None:
+    assert serving.at_zero_or_not(0, True, 59.9, 60) == 1  # at least one until idle
+    assert serving.at_zero_or_not(3, True, 59.9, 60) == 3
+    assert serving.at_zero_or_not(3, True, 60.0, 60) == 0
+    assert serving.at_zero_or_not(1, False, 1e9, 60) == 1  # replicas.min above 0: never
+
+
+def test_a_replica_is_busy_while_it_answers_or_holds_a_request() -> None:
+    assert not serving.busy([serving.Load(0.0, 0.0, 0.0)])
+    assert serving.busy([serving.Load(0.0, 0.0, 0.0), serving.Load(0.0, 0.2, 0.0)])
+    assert serving.busy([serving.Load(0.01, 0.0, 0.0)])
+    assert not serving.busy([])
+
+
+def test_no_replicas_split_into_none_anywhere() -> None:
+    assert serving.split_over(0, 2) == [0, 0]
+    assert serving.canary_split(0, 10) == (0, 0)
+    assert serving.canary_split(1, 10) == (1, 1)  # a share between 0 and 100 needs both

@@ -2,9 +2,10 @@
 
 With `--model-uri s3://...` the artifact is first downloaded into DIR (`fetch`). Then it listens
 at once (live; ready answers 503), imports torch and loads the artifact on a thread,
-warms up at the largest batch, then is ready. SIGTERM or SIGINT: not ready, stop accepting,
-answer the requests in flight, exit 0. Exit 2: bad settings or no artifact (also one that cannot
-be downloaded); 1: the model failed to load.
+warms up at the largest batch, then is ready (and, with `--request-log-uri`, starts the request
+log's thread). SIGTERM or SIGINT: not ready, stop accepting, answer the requests in flight,
+upload what the request log holds, exit 0. Exit 2: bad settings or no artifact (also one that
+cannot be downloaded); 1: the model failed to load.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -24,6 +26,9 @@ from kaon_kernels.serve.batcher import Batcher
 from kaon_kernels.serve.fetch import fetch_model
 from kaon_kernels.serve.load import LoadReporter, drift_report
 from kaon_kernels.serve.metrics import ServeMetrics
+from kaon_kernels.serve.protocol import Signature
+from kaon_kernels.serve.requestlog import Counters, LogPlace, RequestLog
+from kaon_kernels.serve.requestlog_store import s3_put
 from kaon_kernels.serve.server import HttpServer
 from kaon_kernels.serve.settings import Settings, SettingsError, artifact_name, parse_settings
 
@@ -79,6 +84,28 @@ def _start_loading(
 
 
 REVISION_ENV = "KAON_REVISION"  # stable or canary: a label of the quality metrics
+REQUEST_LOG_CLOSE_S = 10.0  # on shutdown, longest wait for the request log's last upload
+
+
+def start_request_log(
+    settings: Settings, name: str, signature: Signature, metrics: ServeMetrics
+) -> RequestLog:
+    assert settings.request_log_uri is not None
+    pod = os.environ.get("POD_NAME") or socket.gethostname()
+    request_log = RequestLog(
+        LogPlace(name, metrics.revision, pod),
+        signature,
+        s3_put(settings.request_log_uri, os.environ),
+        settings.request_log_sample_rate,
+        Counters(metrics.request_log_written, metrics.request_log_dropped),
+        say=log,
+    )
+    request_log.start()
+    log(
+        f"request log: {settings.request_log_sample_rate * 100:g}% of the infer requests to "
+        f"{settings.request_log_uri}"
+    )
+    return request_log
 
 
 async def serve(settings: Settings, name: str) -> int:
@@ -117,6 +144,8 @@ async def serve(settings: Settings, name: str) -> int:
                 settings.max_latency_ms / 1000,
                 metrics.observe_batch,
             )
+            if settings.logs_requests:
+                app.request_log = start_request_log(settings, name, engine.signature, metrics)
             app.start_serving(engine, batcher)
             log(
                 f"ready in {time.monotonic() - started:.2f} s: max batch "
@@ -129,6 +158,10 @@ async def serve(settings: Settings, name: str) -> int:
     await server.drain(settings.drain_seconds)
     if batcher is not None:
         batcher.close()
+    if app.request_log is not None:
+        closed = await asyncio.to_thread(app.request_log.close, REQUEST_LOG_CLOSE_S)
+        if not closed:
+            log(f"request log: the last upload did not end in {REQUEST_LOG_CLOSE_S:g} s")
     if reporter is not None:
         reporter.close()
     log("stopped")

@@ -27,6 +27,7 @@ from kaon_kernels.serve.protocol import (
     encode_infer,
     parse_infer,
 )
+from kaon_kernels.serve.requestlog import RequestLog
 
 SERVER_NAME = "kaon"
 EXTENSIONS = ("binary_tensor_data",)
@@ -65,6 +66,7 @@ class App:
         self.batcher: Batcher[InferRequest, BatchResult] | None = None
         self.load: LoadWindow | None = None
         self.feedback: FeedbackWindow | None = None
+        self.request_log: RequestLog | None = None  # samples answered infer requests for audit
         self.not_ready = "loading the model"  # why not ready; "" once ready
         self.inflight = 0
         self.draining = False  # shutting down: answers close their connections
@@ -225,6 +227,9 @@ class App:
             if done.error is None and self.feedback is not None:
                 self.feedback.predicted(request.id, _labels(done))
             latency = time.perf_counter() - arrived
+            log = self.request_log
+            if log is not None and status == 200 and log.sampled():
+                log.append(request, done.rows, latency)
             self.metrics.latency.observe(latency)
             self.metrics.queue.observe(done.queue_s)
             self.metrics.answered("infer", status)

@@ -13,7 +13,10 @@
   (recent predictions) beside `kaon_model_reference_prediction_share{class}`,
   `kaon_model_drift_window_samples`, and from true labels sent back (`/feedback`)
   `kaon_model_live_accuracy`, `kaon_model_live_macro_recall`, `kaon_model_live_macro_f1` over
-  the last pairs (`kaon_model_live_feedback_pairs`).
+  the last pairs (`kaon_model_live_feedback_pairs`);
+- the request log (`requestlog.py`), per model and revision: `kaon_request_log_records_total`
+  (sampled requests written to the store) and `kaon_request_log_dropped_total{reason}` (sampled
+  but not written: `buffer_full`, `upload_failed`).
 """
 
 from __future__ import annotations
@@ -104,6 +107,18 @@ class ServeMetrics:
         self.inflight = inflight.labels(model)
         self.ready = ready.labels(model)
         self._answers: dict[tuple[str, int], tuple[Counter, Counter | None]] = {}
+        self._log_records = Counter(
+            "kaon_request_log_records",
+            "Sampled infer requests written to the request log's store.",
+            ["model", "revision"],
+            registry=r,
+        ).labels(model, revision)
+        self._log_dropped = Counter(
+            "kaon_request_log_dropped",
+            "Sampled infer requests not written to the request log's store, by reason.",
+            ["model", "revision", "reason"],
+            registry=r,
+        )
 
     def answered(self, endpoint: str, code: int) -> None:
         key = (endpoint, code)
@@ -119,6 +134,12 @@ class ServeMetrics:
     def observe_batch(self, size: int, compute_s: float) -> None:
         self.batch_size.observe(size)
         self.compute.observe(compute_s)
+
+    def request_log_written(self, records: int) -> None:
+        self._log_records.inc(records)
+
+    def request_log_dropped(self, reason: str, records: int) -> None:
+        self._log_dropped.labels(self.model, self.revision, reason).inc(records)
 
     def watch_quality(self, source: Callable[[], tuple[Any, Any]]) -> None:
         """Export `source()`'s (DriftSnapshot | None, Quality | None) at every scrape."""

@@ -12,6 +12,8 @@
 | `--max-payload-bytes B`| `KAON_SERVE_MAX_PAYLOAD_BYTES`  | 16777216 |
 | `--threads N`          | `KAON_SERVE_THREADS`            | 1 (torch intra-op threads) |
 | `--drain-seconds S`    | `KAON_SERVE_DRAIN_SECONDS`      | 25       |
+| `--request-log-uri s3://B/P` | `KAON_REQUEST_LOG_URI`    | none (no request log) |
+| `--request-log-sample-rate R` | `KAON_REQUEST_LOG_SAMPLE_RATE` | 0.01 (0: no request log) |
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 
 class SettingsError(ValueError):
@@ -39,6 +42,12 @@ class Settings:
     max_payload_bytes: int = 16 * 1024 * 1024
     threads: int = 1
     drain_seconds: float = 25.0
+    request_log_uri: str | None = None  # s3://: sampled infer requests are written there
+    request_log_sample_rate: float = 0.01
+
+    @property
+    def logs_requests(self) -> bool:
+        return bool(self.request_log_uri) and self.request_log_sample_rate > 0
 
 
 # flag/field -> (environment variable, type, lowest, highest, help)
@@ -73,6 +82,13 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float, str]] = {
         3600,
         "on SIGTERM, longest wait for requests in flight (25)",
     ),
+    "request_log_sample_rate": (
+        "KAON_REQUEST_LOG_SAMPLE_RATE",
+        float,
+        0,
+        1,
+        "share of answered infer requests written to --request-log-uri (0.01; 0: none)",
+    ),
 }
 
 
@@ -90,6 +106,12 @@ def parser() -> argparse.ArgumentParser:
         "(credentials from the AWS_* variables); env KAON_MODEL_URI",
     )
     p.add_argument("--name", help="the served model name (model.json's); env KAON_MODEL_NAME")
+    p.add_argument(
+        "--request-log-uri",
+        help="s3://BUCKET/PREFIX to write a sample of the infer requests and their answers to, "
+        "for audit (credentials from the KAON_REQUEST_LOG_AWS_* variables, else the AWS_* "
+        "ones); env KAON_REQUEST_LOG_URI",
+    )
     p.add_argument("--host", help="address to listen on (0.0.0.0); env KAON_SERVE_HOST")
     for field, (env, _, _low, _high, text) in _NUMBERS.items():
         p.add_argument("--" + field.replace("_", "-"), help=f"{text}; env {env}")
@@ -106,6 +128,10 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     if model_uri is not None and not model_uri.startswith("s3://"):
         source = "--model-uri" if args.model_uri else "KAON_MODEL_URI"
         raise SettingsError(f"{source}: {model_uri!r} is not an s3://bucket/prefix URI")
+    log_uri = args.request_log_uri or env.get("KAON_REQUEST_LOG_URI") or None
+    if log_uri is not None and not _is_s3_uri(log_uri):
+        source = "--request-log-uri" if args.request_log_uri else "KAON_REQUEST_LOG_URI"
+        raise SettingsError(f"{source}: {log_uri!r} is not an s3://bucket/prefix URI")
     numbers: dict[str, int | float] = {}
     for field, (var, kind, low, high, _) in _NUMBERS.items():
         flag = "--" + field.replace("_", "-")
@@ -125,10 +151,16 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     return Settings(
         model_dir=Path(model_dir),
         model_uri=model_uri,
+        request_log_uri=log_uri,
         name=args.name or env.get("KAON_MODEL_NAME") or None,
         host=args.host or env.get("KAON_SERVE_HOST") or Settings.host,
         **numbers,  # type: ignore[arg-type]
     )
+
+
+def _is_s3_uri(uri: str) -> bool:
+    parsed = urlparse(uri)
+    return parsed.scheme == "s3" and bool(parsed.netloc)
 
 
 def artifact_name(model_dir: Path) -> str:

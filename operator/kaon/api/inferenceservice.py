@@ -82,7 +82,14 @@ class ModelSource(Spec):
 class Replicas(Spec):
     """How many server replicas run, in all clusters together."""
 
-    min: int = Field(default=1, ge=1, le=256, description="Fewest replicas, also when idle.")
+    min: int = Field(
+        default=1,
+        ge=0,
+        le=256,
+        description="Fewest replicas, also when idle. 0: the last replica goes once no request "
+        "came for autoscaling.scaleToZeroAfterSeconds; kaon's router holds the next request "
+        "until a replica is ready again.",
+    )
     max: int = Field(default=1, ge=1, le=256, description="Most replicas under load.")
 
     @rule("self.min <= self.max", "min must not exceed max", ".min")
@@ -105,6 +112,13 @@ class Autoscaling(Spec):
         ge=0,
         le=86_400,
         description="Replicas are removed only this long after the last scaling.",
+    )
+    scale_to_zero_after_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=604_800,
+        description="With replicas.min 0: the idle period (no request answered or held) after "
+        "which the last replica goes.",
     )
 
 
@@ -172,6 +186,33 @@ class Canary(Spec):
     )
 
 
+class RequestLogging(Spec):
+    """A sampled share of the infer requests and their answers, written to an S3 store for
+    audit."""
+
+    uri: Annotated[str, Field(max_length=253, pattern=S3_URI_PATTERN)] = Field(
+        description="s3://BUCKET/PREFIX: each replica writes gzipped JSON Lines objects under "
+        "PREFIX/<model>/<revision>/<pod>/<UTC date>/, one line per sampled request (its id, "
+        "time, latency, inputs and outputs).",
+    )
+    secret_ref: StoreSecretRef | None = Field(
+        default=None,
+        description="Credentials of the store at uri (kaon copies the Secret into each member "
+        "that runs a replica).",
+    )
+    sample_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Share of the answered infer requests written, evenly spread (0.01: one in "
+        "a hundred; 0: none).",
+    )
+
+    @rule("has(self.secretRef)", "requestLogging needs secretRef", ".secretRef")
+    def _store_needs_credentials(self) -> bool:
+        return self.secret_ref is not None
+
+
 class InferenceServiceSpec(Spec):
     """What model to serve, how many replicas, where, and how requests are batched."""
 
@@ -215,6 +256,18 @@ class InferenceServiceSpec(Spec):
         description="The Queue whose quota the replicas count against (its namespaceSelector "
         "must allow this namespace); the namespace's kaon.dev/queue label when absent.",
     )
+    request_logging: RequestLogging | None = Field(
+        default=None,
+        description="Write a sample of the infer requests and their answers to an S3 store, for "
+        "audit; off when absent.",
+    )
+
+
+class ReplicaEndpoint(Spec):
+    """A ready replica, as the router dials it."""
+
+    address: ShortString = Field(description="HOST:PORT of the replica's V2 server.")
+    revision: Literal["stable", "canary"] = Field(description="The revision it serves.")
 
 
 class ClusterServing(Spec):
@@ -228,6 +281,11 @@ class ClusterServing(Spec):
     replicas: int = Field(default=0, description="Replicas wanted there (both revisions).")
     ready_replicas: int = Field(default=0, description="Replicas ready there.")
     canary_replicas: int = Field(default=0, description="Of those wanted, canary replicas.")
+    endpoints: list[ReplicaEndpoint] = Field(
+        default_factory=list,
+        max_length=256,
+        description="The ready replicas' addresses, which kaon's router sends requests to.",
+    )
 
 
 class CanaryStatus(Spec):
@@ -259,11 +317,17 @@ class InferenceServiceStatus(Spec):
     """Where the service runs, whether it is ready, and why not."""
 
     observed_generation: int = Field(default=0, description="The generation last acted on.")
-    state: Literal["Pending", "Waiting", "Deploying", "Ready", "Degraded", "Failed"] = Field(
-        default="Pending", description="Summary of the conditions, for kubectl get."
+    state: Literal[
+        "Pending", "Waiting", "Deploying", "Ready", "Degraded", "ScaledToZero", "Failed"
+    ] = Field(default="Pending", description="Summary of the conditions, for kubectl get.")
+    conditions: list[Condition] = conditions_field(
+        "Placed, Ready, ScaledToZero, CanaryShare, Drift, with reasons."
     )
-    conditions: list[Condition] = conditions_field("Placed, Ready, CanaryShare, with reasons.")
-    url: ShortString = Field(default="", description="The V2 endpoint in the first cluster.")
+    url: ShortString = Field(
+        default="",
+        description="The service's V2 endpoint: through kaon's router (one address for every "
+        "cluster, held while at zero), else the Service in the first cluster.",
+    )
     model: ResolvedModel | None = Field(default=None, description="The stable revision's model.")
     clusters: list[ClusterServing] = Field(
         default_factory=list, max_length=16, description="Replicas per cluster."

@@ -24,6 +24,11 @@ LOAD_ANNOTATION = "kaon.dev/load"  # by each model server
 REPORT_ANNOTATIONS = (PROGRESS_ANNOTATION, LOAD_ANNOTATION)
 MAX_REPORT_BYTES = 1024
 
+# On an InferenceService, by kaon's router: when it last held a request for want of a ready
+# replica (RFC 3339, microseconds). A service scaled to zero scales up for a newer one.
+WANTED_ANNOTATION = "kaon.dev/wanted-at"
+ROUTER_PATH_PREFIX = "/serving"  # the router's path of a service: /serving/NAMESPACE/NAME/v2/...
+
 # On a hub Namespace: the Queue its TrainingJobs are admitted through by default.
 QUEUE_LABEL = "kaon.dev/queue"
 

@@ -19,6 +19,7 @@ class Settings:
     metrics_port: int = 8081  # Prometheus /metrics; 0: off
     failover_grace_s: float = 10.0  # a member not ready this long loses its workloads
     leader_election: bool = True  # act only while holding the hub's Lease (LEADER_LEASE)
+    router_url: str = ""  # kaon's router (http://HOST:PORT): services' status.url goes through it
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -33,6 +34,7 @@ class Settings:
             metrics_port=int(env.get("KAON_METRICS_PORT", cls.metrics_port)),
             failover_grace_s=float(env.get("KAON_FAILOVER_GRACE_SECONDS", cls.failover_grace_s)),
             leader_election=_flag(env.get("KAON_LEADER_ELECTION", "true"), "KAON_LEADER_ELECTION"),
+            router_url=env.get("KAON_ROUTER_URL", cls.router_url).rstrip("/"),
         )
 
 

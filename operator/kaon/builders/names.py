@@ -41,6 +41,11 @@ def model_secret_name(service: str, revision: str) -> str:
     return f"{service}-{revision}-model-store"
 
 
+def request_log_secret_name(service: str, revision: str) -> str:
+    """The member's copy of the credentials of the store a service's request log goes to."""
+    return f"{service}-{revision}-request-log-store"
+
+
 def checkpoint_uri(location: str, namespace: str, job: str, uid: str) -> str:
     """The job's own prefix in the store: a job made again under the same name starts afresh."""
     return f"{location.rstrip('/')}/{namespace}/{job}/{uid}"

@@ -21,7 +21,7 @@ from kaon.api.names import (
     REVISION_LABEL,
 )
 from kaon.api.settings import Settings
-from kaon.builders.names import model_secret_name
+from kaon.builders.names import model_secret_name, request_log_secret_name
 from kaon.builders.worker import (
     POD_SECURITY,
     RESTRICTED,
@@ -37,6 +37,9 @@ Revision = Literal["stable", "canary"]
 SERVER_PORT = 8080
 SERVICE_PORT = 80
 MODEL_STORE = "/var/lib/kaon/models"
+# The request log's store credentials: the AWS_* variables behind this prefix (its store may
+# not be the model's).
+REQUEST_LOG_ENV_PREFIX = "KAON_REQUEST_LOG_"
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,23 @@ def model_secret(ref: ServiceRef, revision: Revision, data: dict[str, str]) -> O
     return secret_copy(name, ref.namespace, _labels(ref, revision), data)
 
 
+def request_log_secret(ref: ServiceRef, revision: Revision, data: dict[str, str]) -> Obj:
+    """The member's copy of the credentials of the store the revision's request log goes to."""
+    name = request_log_secret_name(ref.name, revision)
+    return secret_copy(name, ref.namespace, _labels(ref, revision), data)
+
+
+def _request_log_env(ref: ServiceRef, revision: Revision, spec: InferenceServiceSpec) -> list[Obj]:
+    logging = spec.request_logging
+    if logging is None:
+        return []
+    return [
+        {"name": "KAON_REQUEST_LOG_URI", "value": logging.uri},
+        {"name": "KAON_REQUEST_LOG_SAMPLE_RATE", "value": str(logging.sample_rate)},
+        *store_env(request_log_secret_name(ref.name, revision), REQUEST_LOG_ENV_PREFIX),
+    ]
+
+
 def _model_volume(model: ResolvedModel) -> Obj:
     """The claim, mounted read-only; for a model in a store, the directory it is fetched to."""
     if model.claim:
@@ -107,6 +127,7 @@ def _container(
     if model.uri:
         env.append({"name": "KAON_MODEL_URI", "value": model.uri})
         env += store_env(model_secret_name(ref.name, revision))
+    env += _request_log_env(ref, revision, spec)
     return {
         "name": "server",
         "image": s.runtime_image,

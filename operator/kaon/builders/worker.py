@@ -116,11 +116,12 @@ STORE_ENV = (
 )
 
 
-def store_env(secret: str) -> list[Obj]:
-    """The AWS_* variables, read from `secret`, the member's copy of the store credentials."""
+def store_env(secret: str, prefix: str = "") -> list[Obj]:
+    """The AWS_* variables (each behind `prefix`), read from `secret`, the member's copy of the
+    store credentials."""
     return [
         {
-            "name": var,
+            "name": prefix + var,
             "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}},
         }
         for var, key, optional in STORE_ENV

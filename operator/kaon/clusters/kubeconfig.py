@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 
 class KubeconfigError(ValueError):
     """The kubeconfig cannot be used; the message names the field."""
@@ -119,3 +121,11 @@ def credentials(config: Mapping[str, Any]) -> Credentials:
         if cert:
             tls.load_cert_chain(cert, key)
     return Credentials(server, tls, token)
+
+
+def hub_kubeconfig() -> dict[str, Any]:
+    """The hub's kubeconfig: $KUBECONFIG (first file), else ~/.kube/config."""
+    path = (os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")).split(":")[0]
+    with open(path) as f:
+        config: dict[str, Any] = yaml.safe_load(f)
+    return config

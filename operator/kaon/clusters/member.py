@@ -47,6 +47,7 @@ def slim_pod(pod: Obj) -> Obj:
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase", "Pending"),
+            "podIP": status.get("podIP", ""),  # a ready replica's address, for the router
             "reason": status.get("reason", ""),
             "message": status.get("message", ""),
             "conditions": [

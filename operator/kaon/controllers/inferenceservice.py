@@ -21,13 +21,23 @@ from kaon.api.inferenceservice import (
     ModelSource,
     ResolvedModel,
 )
-from kaon.api.names import FINALIZER, LOAD_ANNOTATION, REVISION_LABEL, ObjectKey, key_of
+from kaon.api.names import (
+    FINALIZER,
+    LOAD_ANNOTATION,
+    REVISION_LABEL,
+    ROUTER_PATH_PREFIX,
+    WANTED_ANNOTATION,
+    ObjectKey,
+    key_of,
+)
 from kaon.api.settings import Settings
 from kaon.builders.server import (
+    SERVER_PORT,
     Revision,
     ServiceRef,
     deployment,
     model_secret,
+    request_log_secret,
     service,
     service_url,
 )
@@ -39,7 +49,7 @@ from kaon.controllers.serverops import Applied, ServerOps
 from kaon.engine import metrics
 from kaon.engine.admission import Admission
 from kaon.engine.cache import Memory
-from kaon.engine.clock import Clock, seconds_since
+from kaon.engine.clock import Clock, age, seconds_since
 from kaon.engine.fleet import Fleet
 from kaon.engine.workqueue import WorkQueue
 from kaon.lifecycle import serving
@@ -78,6 +88,7 @@ class ServiceMemory:
     queue: str | None = None  # the queue its replicas count against
     used: tuple[Consumption, ...] = ()  # what they take from it, per cluster
     waits: str = ""  # why no replica is allowed by the queue, if so
+    busy_at: float | None = None  # wall: a replica last reported a request (or we began)
 
 
 def _secret_field(spec: InferenceServiceSpec, revision: Revision) -> str:
@@ -248,10 +259,11 @@ class InferenceServiceController(Reconciler):
             reason, message = plan.shortfall.reason, plan.shortfall.message
             return await self._not_serving(body, status, memory, reason, message)
         desired, scaled_at = self._desired(
-            spec, status, reports := self._reports(key, plan.slots), now
+            spec, status, reports := self._reports(key, plan.slots), now, body, memory
         )
         slots, allowed, short = list(plan.slots), desired, plan.shortfall
-        if queue is not None:
+        memory.used = ()
+        if queue is not None and desired > 0:
             fit = self._within_quota(key, demand, slots, desired)
             if fit.replicas == 0:
                 return await self._no_quota(key, body, status, memory, fit)
@@ -272,17 +284,8 @@ class InferenceServiceController(Reconciler):
             )
         canary_model, canary_percent = self._canary(key[0], spec)
         ref = ServiceRef(key[0], key[1], body["metadata"]["uid"])
-        shares = serving.split_over(allowed, len(slots))
         memory.spec = spec
-        memory.wanted = {}
-        splits = []
-        for placed, replicas in zip(slots, shares, strict=True):
-            slot = serving.Slot(
-                placed.cluster, placed.pool, placed.accelerator, placed.gpus_per_worker
-            )
-            stable_n, canary_n = serving.canary_split(replicas, canary_percent or 0)
-            memory.wanted[(slot.cluster, slot.pool, slot.gpus_per_replica)] = stable_n + canary_n
-            splits.append((slot, stable_n, canary_n))
+        splits = self._splits(memory, slots, allowed, canary_percent or 0)
         problems: list[str] = []
         views = [
             await self._apply_cluster(memory, ref, spec, model, canary_model, problems, *split)
@@ -291,7 +294,17 @@ class InferenceServiceController(Reconciler):
         shortfall = (short.reason, short.message) if short else None
         new = serving.with_drift(
             serving.serving(
-                status, gen, now, model, views, shortfall, desired, scaled_at, canary_percent
+                status,
+                gen,
+                now,
+                model,
+                views,
+                shortfall,
+                desired,
+                scaled_at,
+                canary_percent,
+                self._address(key),
+                spec.replicas.min == 0,
             ).model_copy(update={"queue": queue}),
             reports,
             spec.monitoring.drift_threshold,
@@ -301,6 +314,22 @@ class InferenceServiceController(Reconciler):
         new = await self._store_problems(body, memory, new, problems, gen, now)
         await self.write_status(body, new, status)
         return None
+
+    @staticmethod
+    def _splits(
+        memory: ServiceMemory, slots: list[Placed], replicas: int, canary_percent: int
+    ) -> list[tuple[serving.Slot, int, int]]:
+        """(slot, stable, canary) replicas per cluster; remembered as wanted, for admission."""
+        memory.wanted = {}
+        splits = []
+        for placed, n in zip(slots, serving.split_over(replicas, len(slots)), strict=True):
+            slot = serving.Slot(
+                placed.cluster, placed.pool, placed.accelerator, placed.gpus_per_worker
+            )
+            stable_n, canary_n = serving.canary_split(n, canary_percent)
+            memory.wanted[(slot.cluster, slot.pool, slot.gpus_per_replica)] = stable_n + canary_n
+            splits.append((slot, stable_n, canary_n))
+        return splits
 
     async def _say_where(
         self, body: Obj, status: InferenceServiceStatus, slots: list[Placed], lost: set[str]
@@ -410,6 +439,10 @@ class InferenceServiceController(Reconciler):
             copy = model_secret(ref, revision, {})
             if not (source and source.uri) and self.ops.has(member, memory.applied, copy):
                 await self.ops.delete(member, memory.applied, copy)
+            log_copy = request_log_secret(ref, revision, {})
+            logs = source is not None and spec.request_logging is not None
+            if not logs and self.ops.has(member, memory.applied, log_copy):
+                await self.ops.delete(member, memory.applied, log_copy)
             if source is None:
                 gone = deployment(ref, revision, spec, model, pool, 0, 0, self.settings)
                 present = revision in self._revisions_present(member, key)
@@ -431,14 +464,49 @@ class InferenceServiceController(Reconciler):
                 if problem:
                     problems.append(f"cluster {member.name}: {problem}")
                     continue
+            problem = await self._copy_request_log_secret(member, memory, ref, spec, revision, obj)
+            if problem:
+                problems.append(f"cluster {member.name}: {problem}")
+                continue
             await self.ops.apply(member, memory.applied, obj)
         ready = {"stable": 0, "canary": 0}
+        endpoints = []
         for pod in member.replicas_of(key).values():
             if _is_ready(pod):
                 revision = pod["metadata"]["labels"].get(REVISION_LABEL, "stable")
                 ready[revision] = ready.get(revision, 0) + 1
+                if pod["status"].get("podIP") and revision in ("stable", "canary"):
+                    endpoints.append((f"{pod['status']['podIP']}:{SERVER_PORT}", revision))
         return serving.ClusterView(
-            slot, url, stable_n, canary_n, ready["stable"], ready["canary"] if canary_n else 0
+            slot,
+            url,
+            stable_n,
+            canary_n,
+            ready["stable"],
+            ready["canary"] if canary_n else 0,
+            tuple(sorted(endpoints, key=lambda e: (e[1], e[0]))),
+        )
+
+    async def _copy_request_log_secret(
+        self,
+        member: Member,
+        memory: ServiceMemory,
+        ref: ServiceRef,
+        spec: InferenceServiceSpec,
+        revision: Revision,
+        user: Obj,
+    ) -> str | None:
+        """The member's copy of the request log's store Secret, for the Deployment `user`."""
+        logging = spec.request_logging
+        if logging is None or logging.secret_ref is None:
+            return None
+        return await self.ops.copy_secret(
+            member,
+            memory.applied,
+            logging.secret_ref.name,
+            "spec.requestLogging.secretRef",
+            functools.partial(request_log_secret, ref, revision),
+            user,
         )
 
     @staticmethod
@@ -511,6 +579,8 @@ class InferenceServiceController(Reconciler):
         status: InferenceServiceStatus,
         reports: list[serving.Report],
         now: str,
+        body: Obj,
+        memory: ServiceMemory,
     ) -> tuple[int, str | None]:
         loads = [r.load for r in reports]
         recommended = serving.recommend(loads, spec.autoscaling.target_concurrency, spec.replicas)
@@ -521,8 +591,30 @@ class InferenceServiceController(Reconciler):
             seconds_since(self.clock, status.last_scale_time),
             spec.autoscaling.scale_down_delay_seconds,
         )
+        wall = self.clock.wall()
+        if memory.busy_at is None or serving.busy(loads):
+            memory.busy_at = wall
+        # A request the router held since the service last scaled (to zero) wakes it; one
+        # from before (an operator restarted since) does not.
+        wanted = (body["metadata"].get("annotations") or {}).get(WANTED_ANNOTATION)
+        wanted_age = age(wall, wanted) if wanted else None
+        scaled_age = seconds_since(self.clock, status.last_scale_time)
+        if wanted_age is not None and (scaled_age is None or wanted_age < scaled_age):
+            memory.busy_at = max(memory.busy_at, wall - max(wanted_age, 0.0))
+        desired = serving.at_zero_or_not(
+            desired,
+            spec.replicas.min == 0,
+            wall - memory.busy_at,
+            spec.autoscaling.scale_to_zero_after_seconds,
+        )
         changed = desired != status.desired_replicas
         return desired, now if changed else status.last_scale_time
+
+    def _address(self, key: ObjectKey) -> str:
+        """The service's URL through the router, if the operator knows the router's."""
+        if not self.settings.router_url:
+            return ""
+        return f"{self.settings.router_url}{ROUTER_PATH_PREFIX}/{key[0]}/{key[1]}"
 
     # --- clean-up -----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import get_args
 
 from kaon.api.names import ObjectKey
-from kaon.builders.names import model_secret_name, service_selector
+from kaon.builders.names import model_secret_name, request_log_secret_name, service_selector
 from kaon.builders.server import Revision
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
@@ -106,9 +106,8 @@ class ServerOps:
             await member.client.delete(deployments, labelSelector=selector)
             await member.client.delete_if_present(f"{paths.services(ns)}/{name}")
             for revision in get_args(Revision):
-                await member.client.delete_if_present(
-                    paths.secret(ns, model_secret_name(name, revision))
-                )
+                for copy in (model_secret_name, request_log_secret_name):
+                    await member.client.delete_if_present(paths.secret(ns, copy(name, revision)))
             left = await member.client.get(deployments, labelSelector=selector)
         except ApiError as exc:
             log.info("cleanup of service %s/%s in %s: %s", ns, name, cluster, exc)

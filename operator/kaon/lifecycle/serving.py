@@ -12,6 +12,7 @@ from kaon.api.inferenceservice import (
     CanaryStatus,
     ClusterServing,
     InferenceServiceStatus,
+    ReplicaEndpoint,
     Replicas,
     ResolvedModel,
 )
@@ -114,10 +115,26 @@ def next_desired(
     return base
 
 
+def at_zero_or_not(desired: int, scale_to_zero: bool, idle_s: float, idle_after_s: int) -> int:
+    """A service that may scale to zero (replicas.min 0) runs none once idle (no request
+    answered or held) for `idle_after_s`, and at least one until then."""
+    if not scale_to_zero:
+        return desired
+    return 0 if idle_s >= idle_after_s else max(desired, 1)
+
+
+def busy(loads: Sequence[Load]) -> bool:
+    """Some replica answered a request in its last report's window, or has one in flight."""
+    return any(load.rps > 0 or load.inflight > 0 for load in loads)
+
+
 def split_over(total: int, clusters: int) -> list[int]:
-    """Replicas per cluster: as even as possible, earlier clusters first, at least one each."""
+    """Replicas per cluster: as even as possible, earlier clusters first, at least one each
+    (none at all when scaled to zero)."""
     if clusters <= 0:
         return []
+    if total <= 0:
+        return [0] * clusters
     total = max(total, clusters)
     base, extra = divmod(total, clusters)
     return [base + (1 if i < extra else 0) for i in range(clusters)]
@@ -129,7 +146,7 @@ def canary_split(replicas: int, percent: int) -> tuple[int, int]:
     A share strictly between 0 and 100 needs one replica of each revision, so such a cluster
     runs at least two; otherwise the nearest ratio is taken (status reports it).
     """
-    if percent <= 0:
+    if percent <= 0 or replicas <= 0:
         return replicas, 0
     if percent >= 100:
         return 0, replicas
@@ -158,6 +175,7 @@ class ClusterView:
     canary: int
     ready_stable: int
     ready_canary: int
+    endpoints: tuple[tuple[str, str], ...] = ()  # (HOST:PORT, revision) of ready replicas
 
     @property
     def ready(self) -> bool:
@@ -169,6 +187,13 @@ class ClusterView:
 
 _with = with_generation
 _cond = with_condition
+AT_ZERO = (
+    "no replica runs after an idle period: the router holds the next request until one is ready"
+)
+
+
+def _without(s: InferenceServiceStatus, type_: str) -> InferenceServiceStatus:
+    return s.model_copy(update={"conditions": [c for c in s.conditions if c.type != type_]})
 
 
 def not_serving(
@@ -181,10 +206,17 @@ def not_serving(
     return _with(s, gen, state=state, url="", clusters=[], pools="", replicas=0, ready_replicas=0)
 
 
-def _canary_status(views: Sequence[ClusterView], percent: int) -> CanaryStatus:
+def _canary_status(views: Sequence[ClusterView], percent: int, routed: bool) -> CanaryStatus:
+    """Through the router the share is the requested one while both revisions have a ready
+    replica (all to the one that has); behind a Service alone it is the replica ratio."""
     total = sum(v.stable + v.canary for v in views)
     canary = sum(v.canary for v in views)
-    effective = round(100 * canary / total) if total else 0
+    if routed:
+        stable_ready = any(v.ready_stable for v in views)
+        canary_ready = any(v.ready_canary for v in views)
+        effective = percent if stable_ready and canary_ready else (100 if canary_ready else 0)
+    else:
+        effective = round(100 * canary / total) if total else 0
     return CanaryStatus(requested_percent=percent, effective_percent=effective, replicas=canary)
 
 
@@ -198,8 +230,11 @@ def serving(
     desired: int,
     last_scale_time: str | None,
     canary_percent: int | None,
+    address: str = "",
+    scale_to_zero: bool = False,
 ) -> InferenceServiceStatus:
-    """The status of a placed service from what each cluster wants and has ready."""
+    """The status of a placed service from what each cluster wants and has ready; `address`
+    is its URL through the router (else the first cluster's Service is)."""
     where = ", ".join(f"{v.slot.cluster} (pool {v.slot.pool})" for v in views)
     if shortfall is None:
         s = _cond(s, "Placed", True, "Placed", f"replicas in {where}", gen, now)
@@ -210,26 +245,36 @@ def serving(
         f"{v.slot.cluster}: {v.ready_stable + v.ready_canary}/{v.stable + v.canary} ready"
         for v in views
     )
-    if len(ready_clusters) == len(views):
+    if desired == 0:
+        s = _cond(s, "Ready", True, "ScaledToZero", AT_ZERO, gen, now)
+        s = _cond(s, "ScaledToZero", True, "Idle", AT_ZERO, gen, now)
+        state = "ScaledToZero"
+    elif len(ready_clusters) == len(views):
         s = _cond(s, "Ready", True, "ReplicasReady", counts, gen, now)
         state = "Degraded" if shortfall else "Ready"
     else:
         reason = "ReplicasNotReady" if not ready_clusters else "ClusterNotReady"
         s = _cond(s, "Ready", False, reason, counts, gen, now)
         state = "Degraded" if ready_clusters else "Deploying"
+    if desired > 0 and scale_to_zero:
+        s = _cond(s, "ScaledToZero", False, "Serving", f"{desired} replicas wanted", gen, now)
+    elif desired > 0:
+        s = _without(s, "ScaledToZero")
     canary = None
     if canary_percent is not None:
-        canary = _canary_status(views, canary_percent)
+        canary = _canary_status(views, canary_percent, routed=bool(address))
         exact = canary.effective_percent == canary_percent
-        message = (
-            f"requested {canary_percent}%, {canary.replicas} of "
-            f"{sum(v.stable + v.canary for v in views)} replicas give {canary.effective_percent}%"
-        )
+        replicas = f"{canary.replicas} of {sum(v.stable + v.canary for v in views)} replicas"
+        if address:
+            message = (
+                f"requested {canary_percent}%, split by the router: {replicas} are canaries, "
+                f"{canary.effective_percent}% of requests go to ready ones"
+            )
+        else:
+            message = f"requested {canary_percent}%, {replicas} give {canary.effective_percent}%"
         s = _cond(s, "CanaryShare", exact, "Exact" if exact else "Approximated", message, gen, now)
     else:
-        s = s.model_copy(
-            update={"conditions": [c for c in s.conditions if c.type != "CanaryShare"]}
-        )
+        s = _without(s, "CanaryShare")
     clusters = [
         ClusterServing(
             cluster=v.slot.cluster,
@@ -240,6 +285,7 @@ def serving(
             replicas=v.stable + v.canary,
             ready_replicas=v.ready_stable + v.ready_canary,
             canary_replicas=v.canary,
+            endpoints=[ReplicaEndpoint(address=a, revision=r) for a, r in v.endpoints],
         )
         for v in views
     ]
@@ -247,7 +293,7 @@ def serving(
         s,
         gen,
         state=state,
-        url=views[0].url if views else "",
+        url=address or (views[0].url if views else ""),
         model=model,
         clusters=clusters,
         pools=",".join(f"{c.cluster}/{c.pool}" for c in clusters),

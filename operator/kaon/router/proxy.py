@@ -1,0 +1,185 @@
+"""The router's HTTP side (aiohttp): /serving/NAMESPACE/NAME/... goes to a ready replica of
+that InferenceService, chosen by the service's revision weights; with none ready, the request
+is held (a bounded number, for a bounded time) while the operator is asked for a replica."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as CounterMetric
+from prometheus_client import Gauge as GaugeMetric
+from prometheus_client import Histogram as HistogramMetric
+
+from kaon.api.names import ROUTER_PATH_PREFIX, ObjectKey
+from kaon.lifecycle.routing import HoldLimits
+from kaon.router.table import RouteTable
+from kaon.router.waker import WAKE_INTERVAL_S, Waker
+
+REVISION_HEADER = "X-Kaon-Revision"  # on each answer: the revision that gave it
+# Per RFC 9110 §7.6.1, plus what aiohttp sets itself.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+    )
+)
+RETRIABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
+MAX_HOLDS = 3  # a request whose replicas become ready and go again, again, gets 503
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("namespace", "service")
+        self.requests = CounterMetric(
+            "kaon_router_requests",
+            "Requests the router answered, by revision and status code.",
+            (*labels, "revision", "code"),
+            registry=self.registry,
+        )
+        self.held = GaugeMetric(
+            "kaon_router_held_requests",
+            "Requests held now for want of a ready replica.",
+            labels,
+            registry=self.registry,
+        )
+        self.hold_seconds = HistogramMetric(
+            "kaon_router_hold_seconds",
+            "How long requests were held before a replica was ready (or they gave up).",
+            labels,
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+
+
+def _unavailable(why: str, limits: HoldLimits) -> web.Response:
+    return web.json_response(
+        {"error": why}, status=503, headers={"Retry-After": str(limits.retry_after_s)}
+    )
+
+
+class Router:
+    def __init__(
+        self,
+        table: RouteTable,
+        waker: Waker,
+        limits: HoldLimits,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.table = table
+        self.waker = waker
+        self.limits = limits
+        self.session = session
+        self.metrics = Metrics()
+        self.held: Counter[ObjectKey] = Counter()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.scrape)
+        app.router.add_route("*", ROUTER_PATH_PREFIX + "/{namespace}/{name}/{tail:.*}", self.route)
+        return app
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        if not self.table.listed:
+            return web.Response(status=503, text="no InferenceService listed yet\n")
+        return web.Response(text="ok\n")
+
+    async def scrape(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        key = (request.match_info["namespace"], request.match_info["name"])
+        if not self.table.listed:
+            return _unavailable("the router has not listed the InferenceServices yet", self.limits)
+        if key not in self.table.routes:
+            return web.json_response(
+                {"error": f"no InferenceService {key[0]}/{key[1]}"}, status=404
+            )
+        body = await request.read()
+        tried = holds = 0
+        while True:
+            picked = self.table.pick(key)
+            if picked is None:
+                if tried or holds == MAX_HOLDS:
+                    break  # its replicas refused the connection, or keep going away
+                holds += 1
+                problem = await self._hold(key)
+                if problem:
+                    return self._count(key, "", _unavailable(problem, self.limits))
+                continue
+            revision, address = picked
+            try:
+                return self._count(
+                    key, revision, await self._forward(request, body, address, revision)
+                )
+            except RETRIABLE:
+                tried += 1
+                route = self.table.routes.get(key)
+                if route is None or tried >= sum(map(len, route.endpoints.values())):
+                    break
+        why = f"no replica of {key[0]}/{key[1]} answered"
+        return self._count(key, "", _unavailable(why, self.limits))
+
+    async def _hold(self, key: ObjectKey) -> str:
+        """Wait for a ready replica (asking the operator for one meanwhile); why not, if not."""
+        if self.held[key] >= self.limits.max_held:
+            return f"{self.limits.max_held} requests of {key[0]}/{key[1]} are held already"
+        self.held[key] += 1
+        gauge = self.metrics.held.labels(*key)
+        gauge.inc()
+        start = time.monotonic()
+        try:
+            deadline = start + self.limits.timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                route = self.table.routes.get(key)
+                if route is None:
+                    return f"InferenceService {key[0]}/{key[1]} was deleted"
+                if route.may_wake:
+                    await self.waker.want(key)
+                if await self.table.wait_ready(key, min(left, WAKE_INTERVAL_S)):
+                    return ""
+            return f"no replica of {key[0]}/{key[1]} became ready in {self.limits.timeout_s:g}s"
+        finally:
+            self.held[key] -= 1
+            gauge.dec()
+            self.metrics.hold_seconds.labels(*key).observe(time.monotonic() - start)
+
+    async def _forward(
+        self, request: web.Request, body: bytes, address: str, revision: str
+    ) -> web.Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        url = f"http://{address}/{request.match_info['tail']}"
+        async with self.session.request(
+            request.method, url, params=request.rel_url.query, data=body, headers=headers
+        ) as answer:
+            payload = await answer.read()
+            out = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+            out[REVISION_HEADER] = revision
+            return web.Response(status=answer.status, body=payload, headers=out)
+
+    def _count(self, key: ObjectKey, revision: str, response: web.Response) -> web.Response:
+        self.metrics.requests.labels(*key, revision, str(response.status)).inc()
+        return response
+
+
+def upstream_session() -> aiohttp.ClientSession:
+    """Keep-alive connections to the replicas; bodies passed through as they come."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, keepalive_timeout=30),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+    )

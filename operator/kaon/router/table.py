@@ -1,0 +1,57 @@
+"""The router's view of the InferenceServices: each one's route, kept current by a hub watch,
+and a way to wait until a service has a ready replica."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from kaon.api.names import ObjectKey, key_of
+from kaon.clusters.client import Obj
+from kaon.lifecycle.routing import Route, Splitter, route_of
+
+
+class RouteTable:
+    def __init__(self) -> None:
+        self.routes: dict[ObjectKey, Route] = {}
+        self.splitters: dict[ObjectKey, Splitter] = {}
+        self._ready: dict[ObjectKey, asyncio.Event] = {}
+        self.listed = False  # requests wait for the first listing, not 404 before it
+
+    def reset(self, bodies: Iterable[Obj]) -> None:
+        """A fresh listing: services not in it are gone."""
+        listed = {key_of(b): b for b in bodies}
+        self.listed = True
+        for key in set(self.routes) - set(listed):
+            self.event("DELETED", {"metadata": {"namespace": key[0], "name": key[1]}})
+        for body in listed.values():
+            self.event("ADDED", body)
+
+    def event(self, kind: str, body: Obj) -> None:
+        key = key_of(body)
+        if kind == "DELETED":
+            self.routes.pop(key, None)
+            self.splitters.pop(key, None)
+            return
+        route = self.routes[key] = route_of(body)
+        self.splitters.setdefault(key, Splitter())
+        if route.ready and key in self._ready:
+            self._ready.pop(key).set()
+
+    def pick(self, key: ObjectKey) -> tuple[str, str] | None:
+        route = self.routes.get(key)
+        if route is None:
+            return None
+        return self.splitters[key].pick(route)
+
+    async def wait_ready(self, key: ObjectKey, timeout_s: float) -> bool:
+        """Whether the service got a ready replica within `timeout_s`."""
+        route = self.routes.get(key)
+        if route is not None and route.ready:
+            return True
+        event = self._ready.setdefault(key, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
