@@ -437,3 +437,19 @@ def bound_claim(kaon_rig: Rig, cluster: str, namespace: str, claim: str, host_di
         f"claim {claim} bound in {cluster}",
     )
     return claim
+
+
+MEMBER_OF = {"east-local": "east", "west-local": "west"}  # process-agent pool -> rig member
+
+
+def kaon_rig_cli(*args: str) -> str:
+    """`kaon rig ARGS` as a user runs it (e.g. `stop west`: the member lost with its machine)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "kaon.cli", "rig", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -5,47 +5,13 @@ bar as an uninterrupted run."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-from typing import Any
+from kaon_rig import paths
 
-import pytest
-
-from kaon_rig import agents, paths
-
-from kaonrig import REPO, Jobs, Rig, kubectl, register_cluster, wait_event, wait_for
+from kaonrig import MEMBER_OF, REPO, Jobs, Rig, kaon_rig_cli, kubectl, wait_event, wait_for
 from storekit import manifest, manifest_step, store_secret
 
 EXAMPLES = REPO / "examples"
 TRAIN_TIMEOUT_S = 480.0
-MEMBER_OF = {"east-local": "east", "west-local": "west"}
-
-
-@pytest.fixture(scope="module")
-def local_pools(kaon_rig: Rig, kaon_operator: Any) -> Iterator[list[str]]:
-    """Both process-agent pools, registered with kubectl apply; unregistered afterwards."""
-    nodes = agents.agent_nodes(kaon_rig.config)
-    assert ("east", "east-local-0") in nodes and ("west", "west-local-0") in nodes
-    names = []
-    for example in ("local.yaml", "local-east.yaml"):
-        kubectl(kaon_rig, "apply", "-f", str(EXAMPLES / "clusters" / example))
-        names.append(register_cluster(kaon_rig, EXAMPLES / "clusters" / example))
-    yield names
-    for name in names:
-        kubectl(kaon_rig, "delete", "computecluster", name, "--wait=true")
-
-
-def kaon_rig_cli(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "kaon.cli", "rig", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def test_a_real_cnn_moves_to_the_other_members_processes_and_resumes(

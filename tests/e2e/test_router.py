@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -28,7 +30,16 @@ from kaon_kernels.serve.model import Engine
 from kaon_kernels.store import S3Store, s3_client
 from kaon_rig import s3
 
-from kaonrig import Jobs, Rig, condition, kserve_client, state, wait_for
+from kaonrig import (
+    MEMBER_OF,
+    Jobs,
+    Rig,
+    condition,
+    kaon_rig_cli,
+    kserve_client,
+    state,
+    wait_for,
+)
 
 SHAPE = (1, 8, 8)
 CFG = ModelConfig(family="cnn", cnn=CNNConfig(channels=[4], hidden_units=16))
@@ -70,6 +81,20 @@ def service(uri: str, **spec: Any) -> dict[str, Any]:
         "placement": {"poolPreferences": [{"type": "cpu", "pool": "local"}]},
         **spec,
     }
+
+
+def create_ready(
+    services: Jobs, namespace: str, name: str, spec: dict[str, Any], replicas: int
+) -> dict[str, Any]:
+    """The service created, once Ready with `replicas` ready replicas."""
+    services.create(namespace, name, spec)
+    return services.wait(
+        namespace,
+        name,
+        lambda s: state(s) == "Ready" and s["status"].get("readyReplicas") == replicas,
+        f"{replicas} ready replicas",
+        TIMEOUT_S,
+    )
 
 
 def infer(url: str, name: str) -> tuple[str, list[Any]]:
@@ -143,14 +168,7 @@ def test_a_canary_gets_exactly_its_share_through_the_router(
     assert stable_labels[:4] != canary_labels[:4]  # answers tell the revisions apart
     canary = {"model": {"uri": canary_uri, "secretRef": {"name": "store"}}, "trafficPercent": 10}
     spec = service(stable_uri, replicas={"min": 2, "max": 2}, canary=canary)
-    services.create(namespace, "split", spec)
-    svc = services.wait(
-        namespace,
-        "split",
-        lambda s: state(s) == "Ready" and s["status"].get("readyReplicas") == 2,
-        "both revisions ready",
-        TIMEOUT_S,
-    )
+    svc = create_ready(services, namespace, "split", spec, 2)
     assert svc["status"]["canary"]["replicas"] == 1  # one replica of each of two
 
     answers: Counter[str] = Counter()
@@ -160,3 +178,58 @@ def test_a_canary_gets_exactly_its_share_through_the_router(
         assert labels == expected[revision]  # the revision named is the one that answered
         answers[revision] += 1
     assert abs(answers["canary"] / 2000 - 0.10) <= 0.03, answers
+
+
+def test_the_one_address_keeps_answering_while_a_cluster_is_lost(
+    kaon_rig: Rig, namespace: str, local_pools: list[str], artifacts: dict[str, Any]
+) -> None:
+    """One replica in each member's process-agent pool; one member is lost with its machine
+    while requests flow: the router passes over its replica, and no request fails."""
+    store_secret(kaon_rig, namespace, artifacts["secret"])
+    services = Jobs(kaon_rig.api("hub"), "InferenceService", "inferenceservices")
+    uri, labels = artifacts["stable"]
+    processes = {"clusterSelector": {"matchLabels": {"kaon.dev/runs": "processes"}}}
+    spec = service(uri, replicas={"min": 2, "max": 2})
+    spec["placement"] |= {"clusters": 2, **processes}
+    svc = create_ready(services, namespace, "everywhere", spec, 2)
+    assert sorted(c["cluster"] for c in svc["status"]["clusters"]) == sorted(local_pools)
+    url, lost = svc["status"]["url"], svc["status"]["clusters"][0]["cluster"]
+
+    answered, stop = [], threading.Event()
+    failures: list[tuple[int, Any, float]] = []
+
+    slowest = [0.0]
+
+    def ask() -> None:
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                answered.append(infer(url, "everywhere")[1] == labels[:4])
+            except urllib.error.HTTPError as exc:  # any failed request fails the test
+                failures.append((exc.code, exc.read()[:300], time.monotonic()))
+            except Exception as exc:
+                failures.append((0, repr(exc), time.monotonic()))
+            slowest[0] = max(slowest[0], time.monotonic() - began)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        wait_for(lambda: len(answered), lambda n: n >= 50, "requests flowing", 30)
+        assert "lost" in kaon_rig_cli("stop", MEMBER_OF[lost])
+        before = len(answered)
+        moved = services.wait(
+            namespace,
+            "everywhere",
+            lambda s: lost not in [c["cluster"] for c in s["status"].get("clusters", [])],
+            "the lost member's replica moved",
+            120,
+        )
+        wait_for(lambda: len(answered), lambda n: n >= before + 50, "answers go on", 60)
+    finally:
+        stop.set()
+        asker.join(60)
+        kaon_rig_cli("start", MEMBER_OF[lost])
+    assert not failures, failures[:3]
+    assert all(answered) and len(answered) > before
+    print(f"{len(answered)} answers, the slowest in {slowest[0]:.2f}s")
+    assert condition(moved, "Placed")["reason"] in ("Placed", "SpreadIncomplete")

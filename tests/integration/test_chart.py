@@ -56,6 +56,12 @@ def documents(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
+def operator_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")
+    )
+
+
 def can_i(kaon_rig: Rig, user: str, *args: str) -> bool:
     done = run_kubectl(kaon_rig, "auth", "can-i", "--as", user, *args)
     assert done.stdout.strip() in ("yes", "no"), done.stdout + done.stderr
@@ -111,7 +117,7 @@ def test_images_and_settings_are_wired_into_the_deployment(kaon_rig: Rig) -> Non
             namespace="kaon-ops",
         )
     )
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment = operator_deployment(docs)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert container["image"] == "ghcr.io/kaon-dev/kaon-operator:1.2.3"
@@ -128,9 +134,9 @@ def test_metrics_service_and_an_optional_service_monitor(kaon_rig: Rig) -> None:
     default = documents(template(kaon_rig))
     assert "ServiceMonitor" not in {d["kind"] for d in default}
     docs = documents(template(kaon_rig, "metrics.serviceMonitor.enabled=true", "metrics.port=9100"))
-    service = next(d for d in docs if d["kind"] == "Service")
+    service = next(d for d in docs if d["metadata"]["name"] == f"{RELEASE}-metrics")
     monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment = operator_deployment(docs)
     assert service["spec"]["ports"] == [
         {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}
     ]
@@ -182,7 +188,7 @@ def test_bad_values_are_refused_by_the_schema(kaon_rig: Rig, setting: str, compl
 
 def mechanism(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """How a rendering picks its acting operator: the flags, the rollout, the rules for it."""
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment = operator_deployment(docs)
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     rules = [r for d in docs if d["kind"] in RBAC_KINDS for r in d["rules"]]
     return {
@@ -272,8 +278,14 @@ def test_without_its_own_identity_and_rbac_the_chart_uses_the_named_account(
     sets = ("serviceAccount.create=false", "rbac.create=false", "serviceAccount.name=kaon-ops")
     docs = documents(template(kaon_rig, *sets))
     assert {d["kind"] for d in docs} == {"ConfigMap", "Service", "Deployment"}
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment = operator_deployment(docs)
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "kaon-ops"
+    (router,) = [
+        d
+        for d in docs
+        if d["metadata"]["name"] == f"{RELEASE}-router" and d["kind"] == "Deployment"
+    ]
+    assert router["spec"]["template"]["spec"]["serviceAccountName"] == "kaon-ops"
     (config,) = [d for d in docs if d["metadata"]["name"] == f"{RELEASE}-kubeconfig"]
     assert yaml.safe_load(config["data"]["kubeconfig"])["users"][0]["name"] == "kaon-ops"
     # Each switch alone: the ServiceAccount without RBAC, RBAC bound to an existing account.
@@ -350,6 +362,44 @@ def test_the_operator_identity_has_what_it_needs_and_nothing_more(
         assert not can_i(kaon_rig, sa, *denied), denied
 
 
+def test_the_router_identity_reads_services_and_asks_for_replicas_only(
+    kaon_rig: Rig, operator_kubeconfig: Path
+) -> None:
+    sa = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}-router"
+    for allowed in (
+        ("list", "inferenceservices.kaon.dev", "-A"),
+        ("watch", "inferenceservices.kaon.dev", "-A"),
+        ("patch", "inferenceservices.kaon.dev", "-n", "team-x"),  # kaon.dev/wanted-at
+    ):
+        assert can_i(kaon_rig, sa, *allowed), allowed
+    for denied in (
+        ("patch", "inferenceservices.kaon.dev", "--subresource=status", "-n", "team-x"),
+        ("delete", "inferenceservices.kaon.dev", "-n", "team-x"),
+        ("list", "trainingjobs.kaon.dev", "-A"),
+        ("get", "secrets", "-n", RELEASE_NAMESPACE),
+        ("get", "secrets", "-n", "team-x"),
+        ("create", "pods", "-n", "team-x"),
+        ("create", "events", "-n", "team-x"),
+    ):
+        assert not can_i(kaon_rig, sa, *denied), denied
+    rendered = documents(template(kaon_rig))
+    routers = {d["kind"] for d in rendered if d["metadata"]["name"] == f"{RELEASE}-router"}
+    assert routers == {
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    }
+    env = operator_deployment(rendered)["spec"]["template"]["spec"]["containers"][0]["env"]
+    url = f"http://{RELEASE}-router.{RELEASE_NAMESPACE}.svc:8090"
+    assert {"name": "KAON_ROUTER_URL", "value": url} in env
+    without = documents(template(kaon_rig, "router.enabled=false"))
+    assert not [d for d in without if d["metadata"]["name"].endswith("-router")]
+    env = operator_deployment(without)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "KAON_ROUTER_URL" not in {e["name"] for e in env}
+
+
 def test_the_operator_pod_meets_the_restricted_pod_security_standard(kaon_rig: Rig) -> None:
     ns = f"kaon-pss-{uuid.uuid4().hex[:6]}"
     labels = {f"pod-security.kubernetes.io/{m}": "restricted" for m in ("enforce", "warn")}
@@ -357,11 +407,13 @@ def test_the_operator_pod_meets_the_restricted_pod_security_standard(kaon_rig: R
     try:
         rendered = template(kaon_rig, "operator.replicas=1", namespace=ns)
         deployment = [d for d in documents(rendered) if d["kind"] == "Deployment"]
-        done = run_kubectl(
-            kaon_rig, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(deployment[0])
-        )
-        assert done.returncode == 0, done.stderr
-        assert "PodSecurity" not in done.stderr, done.stderr
+        assert len(deployment) == 2  # the operator's and the router's
+        for each in deployment:
+            done = run_kubectl(
+                kaon_rig, "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(each)
+            )
+            assert done.returncode == 0, done.stderr
+            assert "PodSecurity" not in done.stderr, done.stderr
         # The same check on a pod without a security context does warn: the check is live.
         plain = json.loads(json.dumps(deployment[0]))
         pod = plain["spec"]["template"]["spec"]

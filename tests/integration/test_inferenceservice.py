@@ -62,7 +62,7 @@ def report_load(kaon_rig: Rig, cluster: str, ns: str, name: str, inflight: float
 
 
 def test_replicas_spread_over_two_clusters_with_the_server_injected(
-    kaon_rig: Rig, services: Jobs, namespace: str, models: str
+    kaon_rig: Rig, services: Jobs, namespace: str, models: str, kaon_router: str
 ) -> None:
     spec = isvc(models, replicas={"min": 3, "max": 3}, placement=CPU | {"clusters": 2})
     services.create(namespace, "digits", spec)
@@ -79,7 +79,11 @@ def test_replicas_spread_over_two_clusters_with_the_server_injected(
     assert [(c, p) for c, p, _ in placed] == [("east", "cpu"), ("west", "cpu")]
     assert sorted(n for _, _, n in placed) == [1, 2]
     assert status["readyReplicas"] == 3 and status["replicas"] == 3
-    assert status["url"] == f"http://digits.{namespace}.svc.cluster.local"
+    assert status["url"] == f"{kaon_router}/serving/{namespace}/digits"  # one address for both
+    assert {c["url"] for c in status["clusters"]} == {
+        f"http://digits.{namespace}.svc.cluster.local"
+    }
+    assert sum(len(c["endpoints"]) for c in status["clusters"]) == 3  # the router's replicas
     assert condition(svc, "Ready")["status"] == "True"
     for cluster, _, replicas in placed:
         core = kaon_rig.core(cluster)
@@ -153,16 +157,18 @@ def test_a_canary_gets_its_share_of_replicas_behind_the_one_service(
     args = made["split-canary"].spec.template.spec.containers[0].args
     assert args[args.index("--model-dir") + 1] == "/var/lib/kaon/models/digits-v2"
 
-    # 10% of 4 replicas cannot be had: the nearest share is taken and said, not hidden.
+    # 10% of 4 replicas cannot be had as a replica ratio, but the router splits requests:
+    # the share in effect is the requested one (behind the Services alone it would be 25%).
     services.patch_spec(namespace, "split", {"canary": canary | {"trafficPercent": 10}})
     svc = services.wait(
         namespace,
         "split",
-        lambda s: condition(s, "CanaryShare").get("reason") == "Approximated",
-        "the approximation reported",
+        lambda s: (s["status"].get("canary") or {}).get("requestedPercent") == 10,
+        "the new share reported",
     )
-    assert svc["status"]["canary"]["effectivePercent"] == 25
-    assert "requested 10%" in condition(svc, "CanaryShare")["message"]
+    assert svc["status"]["canary"]["effectivePercent"] == 10
+    assert condition(svc, "CanaryShare")["reason"] == "Exact"
+    assert "split by the router" in condition(svc, "CanaryShare")["message"]
 
     services.patch_spec(namespace, "split", {"canary": None})
     wait_for(

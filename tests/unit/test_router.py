@@ -183,3 +183,26 @@ async def test_a_replica_that_refuses_connections_is_passed_over() -> None:
         r.table.reset([isvc([(gone, "stable"), (a.address, "stable")], min_=1)])
         for _ in range(4):
             assert (await post(client, base + PATH))[2] == {"replica": "a"}
+
+
+@run
+async def test_a_request_held_by_a_replica_that_leaves_the_route_goes_to_another() -> None:
+    """A replica whose machine vanished never answers and never resets: once the operator
+    takes it out of the service's endpoints, its request is sent again elsewhere."""
+    hub = ApiDouble("hub")
+    silent = asyncio.Event()
+
+    async def hang(_: web.Request) -> web.Response:
+        await silent.wait()
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{model}/infer", hang)
+    async with serving(app) as frozen, replica("a") as a, router(hub) as (r, base, client):
+        r.table.reset([isvc([(frozen, "stable")], min_=1)])
+        asked = asyncio.create_task(post(client, base + PATH))
+        await asyncio.sleep(0.3)
+        assert not asked.done()
+        r.table.event("MODIFIED", isvc([(a.address, "stable")], min_=1))
+        assert await asked == (200, "stable", {"replica": "a"})
+        silent.set()

@@ -41,6 +41,16 @@ app.kubernetes.io/part-of: kaon
 {{- default (include "kaon.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
 
+{{/* The router's identity: its own ServiceAccount, or with serviceAccount.create=false an
+existing one (router.serviceAccountName, else the operator's). */}}
+{{- define "kaon.routerServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- printf "%s-router" (include "kaon.fullname" .) -}}
+{{- else -}}
+{{- default (include "kaon.serviceAccountName" .) .Values.router.serviceAccountName -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "kaon.image" -}}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}

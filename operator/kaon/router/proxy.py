@@ -4,6 +4,8 @@ is held (a bounded number, for a bounded time) while the operator is asked for a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
 
@@ -15,7 +17,7 @@ from prometheus_client import Gauge as GaugeMetric
 from prometheus_client import Histogram as HistogramMetric
 
 from kaon.api.names import ROUTER_PATH_PREFIX, ObjectKey
-from kaon.lifecycle.routing import HoldLimits
+from kaon.lifecycle.routing import HoldLimits, weights
 from kaon.router.table import RouteTable
 from kaon.router.waker import WAKE_INTERVAL_S, Waker
 
@@ -36,7 +38,21 @@ HOP_BY_HOP = frozenset(
         "Content-Length",
     )
 )
-RETRIABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
+
+
+# Refused or reset connections (a replica stopped or killed, a lost machine's), and keep-alive
+# connections a draining server closed: V2 inference changes nothing, so another replica may
+# answer the same request.
+class ReplicaLeftError(Exception):
+    """The replica a request went to left the service's route before it answered."""
+
+
+RETRIABLE = (
+    aiohttp.ClientOSError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ServerTimeoutError,
+    ReplicaLeftError,
+)
 MAX_HOLDS = 3  # a request whose replicas become ready and go again, again, gets 503
 
 
@@ -110,7 +126,8 @@ class Router:
                 {"error": f"no InferenceService {key[0]}/{key[1]}"}, status=404
             )
         body = await request.read()
-        tried = holds = 0
+        tried: set[str] = set()
+        holds = 0
         while True:
             picked = self.table.pick(key)
             if picked is None:
@@ -122,17 +139,26 @@ class Router:
                     return self._count(key, "", _unavailable(problem, self.limits))
                 continue
             revision, address = picked
+            if address in tried:
+                if self._all_tried(key, tried):
+                    break
+                continue  # the round robin's next turn is another replica
             try:
-                return self._count(
-                    key, revision, await self._forward(request, body, address, revision)
-                )
+                answer = await self._forward_while_listed(key, request, body, address, revision)
+                return self._count(key, revision, answer)
             except RETRIABLE:
-                tried += 1
-                route = self.table.routes.get(key)
-                if route is None or tried >= sum(map(len, route.endpoints.values())):
+                tried.add(address)
+                if self._all_tried(key, tried):
                     break
         why = f"no replica of {key[0]}/{key[1]} answered"
         return self._count(key, "", _unavailable(why, self.limits))
+
+    def _all_tried(self, key: ObjectKey, tried: set[str]) -> bool:
+        """Every replica the service would send to has failed this request."""
+        route = self.table.routes.get(key)
+        if route is None:
+            return True
+        return {a for revision in weights(route) for a in route.endpoints[revision]} <= tried
 
     async def _hold(self, key: ObjectKey) -> str:
         """Wait for a ready replica (asking the operator for one meanwhile); why not, if not."""
@@ -158,6 +184,25 @@ class Router:
             gauge.dec()
             self.metrics.hold_seconds.labels(*key).observe(time.monotonic() - start)
 
+    async def _forward_while_listed(
+        self, key: ObjectKey, request: web.Request, body: bytes, address: str, revision: str
+    ) -> web.Response:
+        """The replica's answer; ReplicaLeftError if it leaves the route first (its machine
+        may be gone without a word: no reset ever comes)."""
+        forward = asyncio.ensure_future(self._forward(request, body, address, revision))
+        left = asyncio.ensure_future(self.table.left(key, address).wait())
+        try:
+            await asyncio.wait((forward, left), return_when=asyncio.FIRST_COMPLETED)
+            if not forward.done():
+                raise ReplicaLeftError(address)
+            return forward.result()
+        finally:
+            left.cancel()
+            if not forward.done():
+                forward.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await forward
+
     async def _forward(
         self, request: web.Request, body: bytes, address: str, revision: str
     ) -> web.Response:
@@ -176,10 +221,11 @@ class Router:
         return response
 
 
-def upstream_session() -> aiohttp.ClientSession:
-    """Keep-alive connections to the replicas; bodies passed through as they come."""
+def upstream_session(answer_timeout_s: float = 30.0) -> aiohttp.ClientSession:
+    """Keep-alive connections to the replicas; bodies passed through as they come. A replica
+    silent for `answer_timeout_s` (one on a machine that froze or vanished) counts as gone."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, keepalive_timeout=30),
         auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=answer_timeout_s),
     )

@@ -1,5 +1,5 @@
 """The router's view of the InferenceServices: each one's route, kept current by a hub watch,
-and a way to wait until a service has a ready replica."""
+a way to wait until a service has a ready replica, and one to learn that a replica left."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class RouteTable:
         self.routes: dict[ObjectKey, Route] = {}
         self.splitters: dict[ObjectKey, Splitter] = {}
         self._ready: dict[ObjectKey, asyncio.Event] = {}
+        self._left: dict[tuple[ObjectKey, str], asyncio.Event] = {}  # (service, HOST:PORT)
         self.listed = False  # requests wait for the first listing, not 404 before it
 
     def reset(self, bodies: Iterable[Obj]) -> None:
@@ -32,11 +33,21 @@ class RouteTable:
         if kind == "DELETED":
             self.routes.pop(key, None)
             self.splitters.pop(key, None)
-            return
-        route = self.routes[key] = route_of(body)
-        self.splitters.setdefault(key, Splitter())
-        if route.ready and key in self._ready:
-            self._ready.pop(key).set()
+        else:
+            route = self.routes[key] = route_of(body)
+            self.splitters.setdefault(key, Splitter())
+            if route.ready and key in self._ready:
+                self._ready.pop(key).set()
+        current = self.routes.get(key)
+        addresses = {a for got in current.endpoints.values() for a in got} if current else set()
+        for service, address in list(self._left):
+            if service == key and address not in addresses:
+                self._left.pop((service, address)).set()
+
+    def left(self, key: ObjectKey, address: str) -> asyncio.Event:
+        """Set once the replica at `address` is no longer one of the service's (not ready, or
+        its cluster lost): a request it holds may go to another."""
+        return self._left.setdefault((key, address), asyncio.Event())
 
     def pick(self, key: ObjectKey) -> tuple[str, str] | None:
         route = self.routes.get(key)
