@@ -12,7 +12,7 @@ from kaon.api.common import API_VERSION
 from kaon.api.names import ObjectKey
 from kaon.api.settings import Settings
 from kaon.clusters import paths
-from kaon.clusters.client import ApiError, KubeClient
+from kaon.clusters.client import ApiError, KubeClient, Obj
 from kaon.controllers.computecluster import ComputeClusterController, pool_inventory
 from kaon.controllers.inferenceservice import InferenceServiceController
 from kaon.controllers.queue import QueueController
@@ -129,17 +129,29 @@ class Manager:
         while True:
             try:
                 clusters, queues, namespaces = await asyncio.gather(
-                    self.hub.get(paths.custom(API_VERSION, "computeclusters")),
-                    self.hub.get(paths.custom(API_VERSION, "queues")),
-                    self.hub.get(paths.namespaces()),
+                    self._items(paths.custom(API_VERSION, "computeclusters")),
+                    self._items(paths.custom(API_VERSION, "queues")),
+                    self._items(paths.namespaces()),
                 )
             except ApiError as exc:
                 log.warning("listing what admission reads: %s; trying again", exc)
                 await asyncio.sleep(LIST_RETRY_S)
                 continue
-            self.clusters.listed(clusters.get("items") or [])
-            self.queues.listed(queues.get("items") or [], namespaces.get("items") or [])
+            self.clusters.listed(clusters)
+            self.queues.listed(queues, namespaces)
             return
+
+    async def _items(self, path: str) -> list[Obj]:
+        """The objects of a collection; none where its CRD is not installed (a hub without
+        queues, as kopf's watch of it waits for the CRD)."""
+        try:
+            found = await self.hub.get(path)
+        except ApiError as exc:
+            if exc.not_found:
+                return []
+            raise
+        items: list[Obj] = found.get("items") or []
+        return items
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -16,6 +16,7 @@ from kaon import handlers
 from kaon.api.common import API_VERSION
 from kaon.api.names import LEADER_LEASE, QUEUE_LABEL
 from kaon.clusters import paths
+from kaon.clusters.client import ApiError
 from kaon.controllers import inferenceservice as inferenceservice_controller
 from kaon.engine import metrics
 from kaon.manager import Manager
@@ -102,6 +103,20 @@ async def test_the_first_decisions_wait_for_the_listed_clusters_queues_and_names
     assert admitted["reason"] == "QuotaExceeded" and "queue small" in admitted["message"]
     await until(lambda: bool(world.job_status("selects-west", "other").get("placement")), "placed")
     assert world.job_status("selects-west", "other")["placement"]["cluster"] == "west"
+    await world.manager.stop()
+
+
+@on_loop
+async def test_a_hub_without_the_queue_crd_has_no_queues_and_the_manager_acts(
+    fast_backoff: None,
+) -> None:
+    world = World()  # not started
+    missing = ApiError(404, "NotFound", "the server could not find the requested resource")
+    world.hub.fail("GET", paths.custom(API_VERSION, "queues"), missing, times=1000)
+    world.jobs.object_event("ADDED", world.hub.put(trainingjob("j1", {"workers": 1})))
+    world.manager.start(trim_heap=False)
+    await until(lambda: bool(world.job_status("j1").get("placement")), "placed")
+    assert world.manager.queues.specs == {}
     await world.manager.stop()
 
 
