@@ -772,7 +772,9 @@ async def kaon_only(n: int, workers: int) -> None:
     )
 
 
-async def main(n: int, workers: int, with_training_operator: bool = True) -> None:
+async def main(
+    n: int, workers: int, with_training_operator: bool = True, kaon_first: bool = False
+) -> None:
     if with_training_operator:
         build.build_training_operator()  # on demand: `kaon rig build` leaves it out
     rig.up(load_config())
@@ -781,6 +783,7 @@ async def main(n: int, workers: int, with_training_operator: bool = True) -> Non
     await prepare(hub, members)
     try:
         clients = {"hub": hub, **members}
+        first = await with_kaon(clients, n, workers) if kaon_first else None
         raw, raw_cpu, raw_requests = await raw_limit(clients, n, workers)
         progress(f"raw client: {n * workers} pods running")
         floor, floor_cpu, floor_requests = await floor_limit(clients, n, workers)
@@ -789,7 +792,7 @@ async def main(n: int, workers: int, with_training_operator: bool = True) -> Non
         if with_training_operator:
             trop = await training_operator_run(clients, n, workers)
             progress(f"training-operator: {n * workers} pods running")
-        kaon = await with_kaon(clients, n, workers)
+        kaon = first or await with_kaon(clients, n, workers)
     finally:
         await cleanup(hub, members)
         for c in (hub, *members.values()):
@@ -859,10 +862,15 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--kaon-only", action="store_true", help="skip the baselines (profiling)")
     parser.add_argument(
+        "--kaon-first",
+        action="store_true",
+        help="run kaon before the baselines (each run leaves the API servers' stores larger)",
+    )
+    parser.add_argument(
         "--skip-training-operator", action="store_true", help="no training-operator run (quicker)"
     )
     args = parser.parse_args()
     if args.kaon_only:
         asyncio.run(kaon_only(args.jobs, args.workers))
     else:
-        asyncio.run(main(args.jobs, args.workers, not args.skip_training_operator))
+        asyncio.run(main(args.jobs, args.workers, not args.skip_training_operator, args.kaon_first))
