@@ -132,6 +132,20 @@ async def test_admission_places_the_gang_and_says_where(world: World) -> None:
 
 
 @on_loop
+async def test_a_job_is_admitted_only_once_it_carries_the_finalizer(world: World) -> None:
+    # Admitted first, the guarded status write would race the finalizer's and get a 409.
+    world.apply(trainingjob("j1"))
+    writes = world.hub_writes()
+    await world.place()
+    assert world.hub_writes() == writes
+    assert "placement" not in world.job_status("j1")
+    await world.reconcile_job("j1")
+    await world.place()
+    assert world.job_status("j1")["state"] == "Admitted"
+    assert world.hub_writes() == writes + 2  # the finalizer, then the admission
+
+
+@on_loop
 async def test_a_gpu_gang_lands_on_the_gpu_pool_with_its_toleration(world: World) -> None:
     spec = {"workers": 2, "resources": {"cpu": "2", "gpus": 2}}
     workers = await launched(world, "gpu", spec)

@@ -522,7 +522,13 @@ class TrainingJobController(Reconciler):
     def _waiting(self) -> Iterator[tuple[ObjectKey, Obj, TrainingJobSpec, TrainingJobStatus]]:
         now = self.clock.monotonic()
         for key, body in self.cache.items():
-            if body["metadata"].get("deletionTimestamp"):
+            meta = body["metadata"]
+            if meta.get("deletionTimestamp"):
+                continue
+            if FINALIZER not in (meta.get("finalizers") or []):
+                # Its reconcile adds the finalizer and then wants placement: admitted before
+                # that, the guarded status write would race the finalizer's and lose (a 409,
+                # a refresh and another pass, for a third of the jobs of a burst).
                 continue
             memory = self.memory.peek(key)
             if memory is not None and memory.not_before > now:
