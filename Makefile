@@ -110,6 +110,7 @@ bench: rig-build ## benchmarks with same-run baselines; figures into .bench/resu
 	$(PY) tests/bench/steps_lost.py
 	$(PY) tests/bench/scheduling.py
 	$(PY) tests/bench/serving.py
+	$(PY) tests/bench/secured.py
 	$(PY) tests/bench/coldstart.py
 
 gpu-check: ## on a machine with a GPU and torch (no rig, no venv): runtime tests and kernel bench on cuda

@@ -259,6 +259,13 @@ RULE_CASES = [
         "requestLogging needs secretRef",
     ),
     Case(
+        "auth that accepts no token",
+        "InferenceService",
+        SERVE | {"auth": {"serviceAccountTokens": False}},
+        "spec.auth.serviceAccountTokens",
+        "auth needs serviceAccountTokens or tokensSecretName",
+    ),
+    Case(
         "min above max",
         "InferenceService",
         SERVE | {"replicas": {"min": 3, "max": 2}},
@@ -472,6 +479,20 @@ BOUND_CASES = [
         SERVE | {"requestLogging": AUDITED | {"sampleRate": 1.5}},
         "spec.requestLogging.sampleRate",
         f"{AT_MOST} 1",
+    ),
+    Case(
+        "an audience with a space",
+        "InferenceService",
+        SERVE | {"auth": {"audience": "digits api"}},
+        "spec.auth.audience",
+        "should match",
+    ),
+    Case(
+        "a certificate Secret that is no name",
+        "InferenceService",
+        SERVE | {"tls": {"secretName": "Not_A_Name"}},
+        "spec.tls.secretName",
+        "should match",
     ),
     Case(
         "a negative request log sample rate",

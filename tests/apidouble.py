@@ -44,6 +44,8 @@ KIND_PLURALS = {
     "ServiceAccount": "serviceaccounts",
     "Role": "roles",
     "RoleBinding": "rolebindings",
+    "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings",
     "TrainingJob": "trainingjobs",
     "InferenceService": "inferenceservices",
     "ComputeCluster": "computeclusters",

@@ -63,13 +63,25 @@ KSERVE_PY = Path(__file__).resolve().parent.parent / ".venv" / "kserve" / "bin" 
 KSERVE_CLIENT = Path(__file__).resolve().parent / "e2e" / "kserve_v2_client.py"
 
 
-def kserve_client(url: str, model: str, samples: Any, work: Path) -> dict[str, Any]:
+def kserve_client(
+    url: str,
+    model: str,
+    samples: Any,
+    work: Path,
+    ca: Path | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
     """What KServe's own V2 REST client (in the KServe venv) found at `url`: readiness, and
-    the answers to `samples` as JSON and as binary tensors (tests/e2e/kserve_v2_client.py)."""
+    the answers to `samples` as JSON and as binary tensors (tests/e2e/kserve_v2_client.py);
+    over HTTPS verified with `ca` (else unverified), with `token` as a bearer token."""
     inputs = work / "kserve-samples.json"
     inputs.write_text(json.dumps(samples.tolist()))
+    env = dict(os.environ)
+    env |= {"KAON_CLIENT_CA": str(ca)} if ca else {}
+    env |= {"KAON_CLIENT_TOKEN": token} if token else {}
     done = subprocess.run(
         [str(KSERVE_PY), str(KSERVE_CLIENT), url, model, str(inputs)],
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,

@@ -127,7 +127,7 @@ def _positive(text: str) -> float:
 
 def _router(args: argparse.Namespace) -> int:
     from kaon.clusters.kubeconfig import hub_kubeconfig  # noqa: PLC0415
-    from kaon.router.main import serve  # noqa: PLC0415
+    from kaon.router.main import RouterTLS, serve  # noqa: PLC0415
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
@@ -135,8 +135,16 @@ def _router(args: argparse.Namespace) -> int:
         print("kaon: --max-held-requests must be at least 1", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        print("kaon: --tls-cert-file and --tls-key-file go together", file=sys.stderr)
+        return 2
+    for path in (args.tls_cert_file, args.tls_key_file, args.replica_ca_file):
+        if path and not os.path.isfile(path):
+            print(f"kaon: {path}: no such file", file=sys.stderr)
+            return 2
     limits = HoldLimits(args.hold_timeout_seconds, args.max_held_requests)
-    asyncio.run(serve(hub_kubeconfig(), args.host, args.port, limits))
+    tls = RouterTLS(args.tls_cert_file, args.tls_key_file, args.replica_ca_file)
+    asyncio.run(serve(hub_kubeconfig(), args.host, args.port, limits, tls))
     return 0
 
 
@@ -183,6 +191,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=HoldLimits.max_held,
         help="requests held per service at most; more get 503 at once (1000)",
+    )
+    router_p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
+    router_p.add_argument("--tls-key-file", help="the certificate's private key (PEM)")
+    router_p.add_argument(
+        "--replica-ca-file",
+        help="verify the certificates of replicas that serve HTTPS (spec.tls) against this CA, "
+        "as issued for NAME.NAMESPACE.svc (default: encrypted, not verified)",
     )
     router_p.set_defaults(func=_router)
 

@@ -13,6 +13,7 @@ from kaon.api.names import ObjectKey
 from kaon.api.settings import Settings
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, KubeClient, Obj
+from kaon.clusters.informer import list_all
 from kaon.controllers.computecluster import ComputeClusterController, pool_inventory
 from kaon.controllers.inferenceservice import InferenceServiceController
 from kaon.controllers.queue import QueueController
@@ -145,12 +146,11 @@ class Manager:
         """The objects of a collection; none where its CRD is not installed (a hub without
         queues, as kopf's watch of it waits for the CRD)."""
         try:
-            found = await self.hub.get(path)
+            items, _ = await list_all(self.hub, path, {})
         except ApiError as exc:
             if exc.not_found:
                 return []
             raise
-        items: list[Obj] = found.get("items") or []
         return items
 
     async def stop(self) -> None:

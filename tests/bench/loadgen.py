@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -85,9 +86,16 @@ class User(asyncio.Protocol):
 
 
 async def closed_loop(
-    host: str, port: int, requests: list[bytes], users: int, warmup_s: float, duration_s: float
+    host: str,
+    port: int,
+    requests: list[bytes],
+    users: int,
+    warmup_s: float,
+    duration_s: float,
+    tls: ssl.SSLContext | None = None,
 ) -> Tally:
-    """Run `users` closed-loop users for warmup + duration; tally the duration only."""
+    """Run `users` closed-loop users for warmup + duration; tally the duration only. With
+    `tls`, each connection is HTTPS (its handshake before the warm-up ends)."""
     loop = asyncio.get_running_loop()
     begin = time.perf_counter()
     tally = Tally(start=begin + warmup_s, end=begin + warmup_s + duration_s)
@@ -97,6 +105,7 @@ async def closed_loop(
             lambda i=i: User(requests, i * 7, tally, stop_at),  # type: ignore[misc]
             host,
             port,
+            ssl=tls,
         )
         for i in range(users)
     ]

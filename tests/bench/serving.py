@@ -265,14 +265,16 @@ def ready(port: int) -> bool:
         return False
 
 
-def start(command: Spawn, model_dir: Path) -> tuple[subprocess.Popen[bytes], int, float]:
+def start(
+    command: Spawn, model_dir: Path, is_ready: Callable[[int], bool] = ready
+) -> tuple[subprocess.Popen[bytes], int, float]:
     """(process, port, seconds from spawn to ready)."""
     port = free_port()
     began = time.perf_counter()
     proc = subprocess.Popen(
         command(model_dir, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    while not ready(port):
+    while not is_ready(port):
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}: {command(model_dir, port)}")
         if time.perf_counter() - began > READY_TIMEOUT_S:
@@ -351,12 +353,25 @@ def compare(
     return entries
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def load_arguments(description: str) -> argparse.ArgumentParser:
+    """The load flags of the serving benches: --duration, --warmup, --rounds, --quick."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per point")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per server, alternating")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s points")
+    return parser
+
+
+def parsed(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
+    return args
+
+
+def main() -> int:
+    parser = load_arguments(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--http-layer-only", action="store_true", help="only own HTTP layer vs aiohttp.web"
     )
@@ -366,9 +381,7 @@ def main() -> int:
         default="server",
         help="aiohttp's low-level web.Server (default) or a web.Application",
     )
-    args = parser.parse_args()
-    if args.quick:
-        args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
+    args = parsed(parser)
     if not args.http_layer_only and not KSERVE_PY.is_file():
         print(f"no KServe venv at {KSERVE_PY.relative_to(REPO)}: run `make setup`", file=sys.stderr)
         return 2

@@ -5,13 +5,16 @@
 INPUTS.json holds a list of samples (nested lists of numbers). The client checks the server
 (live, ready, model ready), then infers them once with JSON tensors and once with binary tensors,
 and prints one JSON line: {"ready": [...], "json": {...}, "binary": {...}}, each answer as
-{"id", "model_name", "outputs": {name: nested list}}.
+{"id", "model_name", "outputs": {name: nested list}}. For an https:// URL, KAON_CLIENT_CA names
+the CA file that verifies the server (absent: not verified); KAON_CLIENT_TOKEN, if set, goes in
+`Authorization: Bearer` of every request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,20 +32,24 @@ def as_dict(response: Any) -> dict[str, Any]:
 
 
 async def main(url: str, model: str, samples: list[Any]) -> dict[str, Any]:
-    client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+    verify = os.environ.get("KAON_CLIENT_CA") or not url.startswith("https://")
+    client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30, verify=verify))
+    token = os.environ.get("KAON_CLIENT_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     x = np.asarray(samples, dtype=np.float32)
     found: dict[str, Any] = {
         "ready": [
-            await client.is_server_live(url),
-            await client.is_server_ready(url),
-            await client.is_model_ready(url, model),
+            await client.is_server_live(url, headers=headers),
+            await client.is_server_ready(url, headers=headers),
+            await client.is_model_ready(url, model, headers=headers),
         ]
     }
     for mode in ("json", "binary"):
         tensor = InferInput("input", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x, binary_data=mode == "binary")
         request = InferRequest(model_name=model, infer_inputs=[tensor], request_id=f"kserve-{mode}")
-        found[mode] = as_dict(await client.infer(url, request, model_name=model))
+        answer = await client.infer(url, request, model_name=model, headers=headers)
+        found[mode] = as_dict(answer)
     await client.close()
     return found
 

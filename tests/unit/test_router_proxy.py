@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import generate_latest
 
 from kaon.api.common import API_VERSION
 from kaon.api.names import WANTED_ANNOTATION
 from kaon.clusters import paths
 from kaon.clusters.client import Obj
 from kaon.lifecycle.routing import HoldLimits
+from kaon.router.main import RouterTLS
 from kaon.router.proxy import REVISION_HEADER, Router, upstream_session
 from kaon.router.table import RouteTable
 from kaon.router.waker import Waker
 
 from apidouble import ApiDouble
+from tlskit import Issued, issue
 
 NS, NAME = "team", "digits"
 PATH = f"/serving/{NS}/{NAME}/v2/models/{NAME}/infer"
@@ -36,8 +41,12 @@ def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     return sync
 
 
-def isvc(endpoints: list[tuple[str, str]], percent: int | None = None, min_: int = 0) -> Obj:
+def isvc(
+    endpoints: list[tuple[str, str]], percent: int | None = None, min_: int = 0, tls: bool = False
+) -> Obj:
     spec: Obj = {"model": {"uri": "pvc://m/digits"}, "replicas": {"min": min_, "max": 2}}
+    if tls:
+        spec["tls"] = {"secretName": "digits-tls"}
     if percent is not None:
         spec["canary"] = {"model": {"uri": "pvc://m/digits2"}, "trafficPercent": percent}
     listed = [{"address": a, "revision": r} for a, r in endpoints]
@@ -56,20 +65,22 @@ class Replica:
 
     name: str
     seen: list[Obj] = field(default_factory=list)
+    authorization: list[str] = field(default_factory=list)
     address: str = ""
 
     async def infer(self, request: web.Request) -> web.Response:
         self.seen.append(
             {"path": request.path, "query": dict(request.query), "body": await request.read()}
         )
+        self.authorization.append(request.headers.get("Authorization", ""))
         return web.json_response({"replica": self.name}, headers={"X-Model": "digits"})
 
 
 @asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
+async def serving(app: web.Application, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
@@ -79,24 +90,26 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def replica(name: str) -> AsyncIterator[Replica]:
+async def replica(name: str, tls: ssl.SSLContext | None = None) -> AsyncIterator[Replica]:
     r = Replica(name)
     app = web.Application()
     app.router.add_post("/v2/models/{model}/infer", r.infer)
-    async with serving(app) as address:
+    async with serving(app, tls) as address:
         r.address = address
         yield r
 
 
 @asynccontextmanager
 async def router(
-    hub: ApiDouble, limits: HoldLimits | None = None
+    hub: ApiDouble, limits: HoldLimits | None = None, tls: RouterTLS | None = None
 ) -> AsyncIterator[tuple[Router, str, aiohttp.ClientSession]]:
     table = RouteTable()
     upstream = upstream_session()
-    r = Router(table, Waker(hub), limits or HoldLimits(), upstream)
-    async with serving(r.app()) as address, aiohttp.ClientSession() as client:
-        yield r, f"http://{address}", client
+    tls = tls or RouterTLS()
+    r = Router(table, Waker(hub), limits or HoldLimits(), upstream, tls.replica_context())
+    own = tls.server_context()
+    async with serving(r.app(), own) as address, aiohttp.ClientSession() as client:
+        yield r, f"{'https' if own else 'http'}://{address}", client
     await upstream.close()
 
 
@@ -158,6 +171,24 @@ async def test_a_request_to_a_service_at_zero_is_held_until_a_replica_is_ready()
 
 
 @run
+async def test_a_deleted_service_wakes_its_held_requests_and_leaves_nothing_behind() -> None:
+    hub = ApiDouble("hub")
+    hub.put(isvc([]))
+    async with replica("a") as a, router(hub) as (r, base, client):
+        r.table.reset([isvc([(a.address, "stable")], min_=1)])
+        assert (await post(client, base + PATH))[0] == 200
+        r.table.event("MODIFIED", isvc([], min_=1))
+        held = asyncio.create_task(client.post(base + PATH, data=b"{}"))
+        await held_one(r)
+        r.table.event("DELETED", isvc([]))
+        async with await held as answer:
+            assert answer.status == 503 and "was deleted" in await answer.text()
+        assert (NS, NAME) not in r.held
+        scraped = generate_latest(r.metrics.registry).decode()
+        assert f'service="{NAME}"' not in scraped, scraped
+
+
+@run
 async def test_a_held_request_gets_503_with_retry_after_when_no_replica_comes() -> None:
     hub = ApiDouble("hub")
     hub.put(isvc([]))
@@ -206,3 +237,39 @@ async def test_a_request_held_by_a_replica_that_leaves_the_route_goes_to_another
         r.table.event("MODIFIED", isvc([(a.address, "stable")], min_=1))
         assert await asked == (200, "stable", {"replica": "a"})
         silent.set()
+
+
+def server_tls(issued: Issued) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(issued.cert, issued.key)
+    return context
+
+
+def test_over_tls_the_router_verifies_the_replica_as_the_service_and_passes_the_token(
+    tmp_path: Path,
+) -> None:
+    replica_cert = issue(tmp_path / "replica", [f"{NAME}.{NS}.svc"])
+    router_cert = issue(tmp_path / "router", ["router.kaon.svc"], ("127.0.0.1",))
+    stranger = issue(tmp_path / "stranger", [f"{NAME}.{NS}.svc"])  # signed by another CA
+
+    async def scenario() -> None:
+        hub = ApiDouble("hub")
+        tls = RouterTLS(str(router_cert.cert), str(router_cert.key), str(replica_cert.ca))
+        trusted = ssl.create_default_context(cafile=str(router_cert.ca))
+        bearer = {"Authorization": "Bearer t0ken"}
+        async with (
+            replica("a", server_tls(replica_cert)) as a,
+            replica("b", server_tls(stranger)) as b,
+            router(hub, tls=tls) as (r, base, client),
+        ):
+            assert base.startswith("https://")
+            r.table.reset([isvc([(a.address, "stable")], tls=True)])
+            async with client.post(base + PATH, data=b"{}", headers=bearer, ssl=trusted) as answer:
+                assert answer.status == 200 and (await answer.json()) == {"replica": "a"}
+            assert a.authorization == ["Bearer t0ken"]
+            r.table.reset([isvc([(b.address, "stable")], tls=True)])  # not the replicas' CA
+            async with client.post(base + PATH, data=b"{}", ssl=trusted) as answer:
+                assert answer.status == 503
+            assert b.seen == []
+
+    asyncio.run(scenario())

@@ -113,3 +113,61 @@ def test_bad_request_log_settings_name_the_flag_or_variable(
     with pytest.raises(SettingsError) as caught:
         parse_settings(["--model-dir", "m", *argv], env)
     assert words in str(caught.value)
+
+
+def test_tls_and_auth_come_from_the_flags_or_the_environment(tmp_path: Path) -> None:
+    cert, key, tokens = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "tokens"
+    cert.write_text("c")
+    key.write_text("k")
+    tokens.mkdir()
+    off = parse_settings(["--model-dir", "m"], {})
+    assert not off.tls and not off.auth
+    env = {
+        "KAON_TLS_CERT_FILE": str(cert),
+        "KAON_TLS_KEY_FILE": str(key),
+        "KAON_AUTH_AUDIENCE": "digits.team",
+    }
+    on = parse_settings(["--model-dir", "m", "--auth-tokens-dir", str(tokens)], env)
+    assert on.tls and on.auth
+    assert (on.tls_cert_file, on.tls_key_file, on.auth_audience, on.auth_tokens_dir) == (
+        cert,
+        key,
+        "digits.team",
+        tokens,
+    )
+    assert parse_settings(["--model-dir", "m", "--auth-audience", "a"], {}).auth
+
+
+def test_bad_tls_and_auth_settings_name_the_flag_or_variable(tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_text("c")
+    key.write_text("k")
+    cases: list[tuple[list[str], dict[str, str], str]] = [
+        (["--tls-cert-file", str(cert)], {}, "--tls-cert-file needs --tls-key-file"),
+        ([], {"KAON_TLS_CERT_FILE": str(cert)}, "KAON_TLS_CERT_FILE needs --tls-key-file"),
+        ([], {"KAON_TLS_KEY_FILE": str(key)}, "KAON_TLS_KEY_FILE needs --tls-cert-file"),
+        (
+            ["--tls-cert-file", str(tmp_path / "nope.crt"), "--tls-key-file", str(key)],
+            {},
+            f"--tls-cert-file: '{tmp_path / 'nope.crt'}' is not a file",
+        ),
+        (
+            ["--tls-cert-file", str(cert)],
+            {"KAON_TLS_KEY_FILE": str(tmp_path)},
+            f"KAON_TLS_KEY_FILE: '{tmp_path}' is not a file",
+        ),
+        (
+            ["--auth-tokens-dir", str(cert)],
+            {},
+            f"--auth-tokens-dir: '{cert}' is not a directory",
+        ),
+        (
+            [],
+            {"KAON_AUTH_TOKENS_DIR": str(tmp_path / "none")},
+            "KAON_AUTH_TOKENS_DIR: ",
+        ),
+    ]
+    for argv, env, words in cases:
+        with pytest.raises(SettingsError) as caught:
+            parse_settings(["--model-dir", "m", *argv], env)
+        assert words in str(caught.value), (argv, env)

@@ -273,7 +273,8 @@ def test_the_server_deployment_injects_the_runtime_with_probes_and_the_pool() ->
     assert args["--model-dir"] == "/var/lib/kaon/models/digits"
     assert args["--name"] == "digits" and args["--host"] == "$(POD_IP)"
     assert args["--max-batch-size"] == "64"
-    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    ready = {"path": "/v2/health/ready", "port": "http", "scheme": "HTTP"}
+    assert c["readinessProbe"]["httpGet"] == ready
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}

@@ -6,6 +6,10 @@ warms up at the largest batch, then is ready (and, with `--request-log-uri`, sta
 log's thread). SIGTERM or SIGINT: not ready, stop accepting, answer the requests in flight,
 upload what the request log holds, exit 0. Exit 2: bad settings or no artifact (also one that
 cannot be downloaded); 1: the model failed to load.
+
+With `--tls-cert-file` and `--tls-key-file` it serves HTTPS only (`tls`: the pair is reloaded
+when cert-manager renews it); with `--auth-tokens-dir` or `--auth-audience` every request but
+the probes' and `/metrics` needs a bearer token (`auth`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from kaon_kernels.serve.app import App
+from kaon_kernels.serve.auth import Authenticator, authenticator, describe
 from kaon_kernels.serve.batcher import Batcher
 from kaon_kernels.serve.fetch import fetch_model
 from kaon_kernels.serve.load import LoadReporter, drift_report
@@ -31,6 +36,7 @@ from kaon_kernels.serve.requestlog import Counters, LogPlace, RequestLog
 from kaon_kernels.serve.requestlog_store import s3_put
 from kaon_kernels.serve.server import HttpServer
 from kaon_kernels.serve.settings import Settings, SettingsError, artifact_name, parse_settings
+from kaon_kernels.serve.tls import CertReloader
 
 if TYPE_CHECKING:
     from kaon_kernels.serve.model import Engine
@@ -108,15 +114,33 @@ def start_request_log(
     return request_log
 
 
-async def serve(settings: Settings, name: str) -> int:
+async def listen(
+    server: HttpServer, settings: Settings, name: str, tls: CertReloader | None
+) -> None:
+    if tls is None:
+        port = await server.start(settings.host, settings.port)
+    else:
+        port = await server.start(settings.host, settings.port, ssl=tls.context)
+        tls.start(asyncio.get_running_loop())
+    scheme = "http" if tls is None else "https"
+    log(f"model '{name}' from {settings.model_dir}: listening on {scheme}://{settings.host}:{port}")
+
+
+async def serve(
+    settings: Settings,
+    name: str,
+    tls: CertReloader | None = None,
+    auth: Authenticator | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     metrics = ServeMetrics(name, os.environ.get(REVISION_ENV, ""))
-    app = App(name, metrics, settings.max_payload_bytes)
+    app = App(name, metrics, settings.max_payload_bytes, auth)
     metrics.watch_quality(app.quality)
     server = HttpServer(app, settings.max_payload_bytes)
-    port = await server.start(settings.host, settings.port)
-    log(f"model '{name}' from {settings.model_dir}: listening on http://{settings.host}:{port}")
+    await listen(server, settings, name, tls)
+    if auth is not None:
+        log(describe(auth))
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -164,6 +188,10 @@ async def serve(settings: Settings, name: str) -> int:
             log(f"request log: the last upload did not end in {REQUEST_LOG_CLOSE_S:g} s")
     if reporter is not None:
         reporter.close()
+    if auth is not None:
+        await auth.close()
+    if tls is not None:
+        tls.close()
     log("stopped")
     return code
 
@@ -177,10 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (settings.model_dir / "model.pt").is_file():
             raise SettingsError(f"{settings.model_dir}: no model.pt (not a kaon model artifact)")
         name = settings.name or artifact_name(settings.model_dir)
+        tls = None
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            tls = CertReloader(settings.tls_cert_file, settings.tls_key_file, log)
+        auth = authenticator(settings, os.environ, log)
     except SettingsError as err:
         log(str(err))
         return EXIT_BAD_INPUT
-    return asyncio.run(serve(settings, name))
+    return asyncio.run(serve(settings, name, tls, auth))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The V2 endpoints: routing, health, metadata, infer through the batcher, metrics.
+"""The V2 endpoints: routing, health, metadata, infer through the batcher, metrics; with
+`auth`, a request's bearer token is judged before anything else.
 
 Torch-free: the engine (model.py) arrives once the model is loaded and warm, so the server
 answers `live` (and `ready` with 503) while torch is still importing.
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote
 
 import kaon_kernels
+from kaon_kernels.serve.auth import EXEMPT, UNAVAILABLE, Authenticator, Verdict
 from kaon_kernels.serve.batcher import Batcher, Done, Part
 from kaon_kernels.serve.feedback import FeedbackError, FeedbackWindow, Quality
 from kaon_kernels.serve.http11 import JSON, HttpError, Request, error_body
@@ -58,10 +60,17 @@ _READY = _json({"ready": True})
 
 
 class App:
-    def __init__(self, model_name: str, metrics: ServeMetrics, max_body: int = 1 << 24) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        metrics: ServeMetrics,
+        max_body: int = 1 << 24,
+        auth: Authenticator | None = None,
+    ) -> None:
         self.model_name = model_name
         self.metrics = metrics
         self.max_body = max_body
+        self.auth = auth  # None: every request is answered
         self.engine: Engine | None = None
         self.batcher: Batcher[InferRequest, BatchResult] | None = None
         self.load: LoadWindow | None = None
@@ -69,6 +78,7 @@ class App:
         self.request_log: RequestLog | None = None  # samples answered infer requests for audit
         self.not_ready = "loading the model"  # why not ready; "" once ready
         self.inflight = 0
+        self.authenticating = 0  # requests waiting for their token's review
         self.draining = False  # shutting down: answers close their connections
         self.idle = asyncio.Event()
         self.idle.set()
@@ -99,7 +109,45 @@ class App:
         self.metrics.ready.set(0)
 
     def handle(self, req: Request, reply: Reply) -> None:
-        """Answer `req` through `reply`, now or (infer) once its batch is done."""
+        """Answer `req` through `reply`, now or later: once a new token is reviewed, once an
+        infer request's batch is done."""
+        if self.auth is not None and req.path not in EXEMPT:
+            verdict = self.auth.check(req.headers.get("authorization"))
+            if not isinstance(verdict, Verdict):
+                self._after_review(req, reply, verdict)
+                return
+            if not verdict.allowed:
+                self._deny(req, verdict, reply)
+                return
+        self._answer(req, reply)
+
+    def _after_review(self, req: Request, reply: Reply, review: asyncio.Future[Verdict]) -> None:
+        self.authenticating += 1
+        self.idle.clear()
+
+        def resume(done: asyncio.Future[Verdict]) -> None:
+            self.authenticating -= 1
+            verdict = UNAVAILABLE if done.cancelled() else done.result()
+            try:
+                if verdict.allowed:
+                    self._answer(req, reply)
+                else:
+                    self._deny(req, verdict, reply)
+            finally:
+                self._settle()
+
+        review.add_done_callback(resume)
+
+    def _deny(self, req: Request, verdict: Verdict, reply: Reply) -> None:
+        self.metrics.answered(_label(req.path), verdict.status)
+        self.metrics.auth_denied(verdict.status)
+        reply(verdict.status, error_body(verdict.message), JSON, verdict.headers)
+
+    def _settle(self) -> None:
+        if not self.inflight and not self.authenticating:
+            self.idle.set()
+
+    def _answer(self, req: Request, reply: Reply) -> None:
         try:
             endpoint, answer = self._route(req)
             if answer is None:
@@ -221,8 +269,7 @@ class App:
         def answer(done: Done[BatchResult]) -> None:
             self.inflight -= 1
             self.metrics.inflight.dec()
-            if not self.inflight:
-                self.idle.set()
+            self._settle()
             status, body, ctype, headers = _infer_answer(request, done, engine.signature)
             if done.error is None and self.feedback is not None:
                 self.feedback.predicted(request.id, _labels(done))

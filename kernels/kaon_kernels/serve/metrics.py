@@ -7,6 +7,8 @@
 - `kaon_serve_compute_duration_seconds{model}`: one forward pass (a batch) on the worker;
 - `kaon_serve_batch_size{model}`: samples per forward pass;
 - `kaon_serve_inflight_requests{model}` and `kaon_serve_ready{model}` gauges;
+- `kaon_serve_auth_denied_total{model,code}`: requests refused by authentication (`auth.py`):
+  401, 403, 503 (they also count in the requests' totals);
 - model quality, per model and revision, computed at each scrape (`watch_quality`):
   `kaon_model_drift_score` (the largest per-feature PSI of the recent inputs against the
   artifact's reference), `kaon_model_feature_psi{feature}`, `kaon_model_prediction_share{class}`
@@ -107,6 +109,12 @@ class ServeMetrics:
         self.inflight = inflight.labels(model)
         self.ready = ready.labels(model)
         self._answers: dict[tuple[str, int], tuple[Counter, Counter | None]] = {}
+        self._denied = Counter(
+            "kaon_serve_auth_denied",
+            "Requests refused by authentication, by status code.",
+            ["model", "code"],
+            registry=r,
+        )
         self._log_records = Counter(
             "kaon_request_log_records",
             "Sampled infer requests written to the request log's store.",
@@ -130,6 +138,9 @@ class ServeMetrics:
         children[0].inc()
         if children[1] is not None:
             children[1].inc()
+
+    def auth_denied(self, code: int) -> None:
+        self._denied.labels(self.model, str(code)).inc()
 
     def observe_batch(self, size: int, compute_s: float) -> None:
         self.batch_size.observe(size)

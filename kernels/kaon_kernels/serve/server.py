@@ -29,11 +29,13 @@ class Connection(asyncio.Protocol):
         self.discarding = False  # closing: input is read and dropped
         self.peer_done = False  # the client shut its side: close after the answer
         self.paused = False  # our writes back up: the client does not read its answers
+        self.tls = False
         self._processing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.tls = transport.get_extra_info("sslcontext") is not None
         self.registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -51,7 +53,9 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()  # pipelined requests pile up: answer them first
 
     def eof_received(self) -> bool | None:
-        if self.waiting:
+        # asyncio's TLS transport closes on EOF whatever this returns (and warns if True): the
+        # answer of a client that closed after its request is then dropped with the connection.
+        if self.waiting and not self.tls:
             self.peer_done = True
             return True  # the client half-closed after its request: answer, then close
         return None

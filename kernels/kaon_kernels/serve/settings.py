@@ -14,6 +14,13 @@
 | `--drain-seconds S`    | `KAON_SERVE_DRAIN_SECONDS`      | 25       |
 | `--request-log-uri s3://B/P` | `KAON_REQUEST_LOG_URI`    | none (no request log) |
 | `--request-log-sample-rate R` | `KAON_REQUEST_LOG_SAMPLE_RATE` | 0.01 (0: no request log) |
+| `--tls-cert-file PATH` | `KAON_TLS_CERT_FILE`            | none (HTTP); with the key: HTTPS only |
+| `--tls-key-file PATH`  | `KAON_TLS_KEY_FILE`             | none (given with the certificate) |
+| `--auth-audience AUD`  | `KAON_AUTH_AUDIENCE`            | none (no ServiceAccount tokens) |
+| `--auth-tokens-dir DIR`| `KAON_AUTH_TOKENS_DIR`          | none (no static tokens) |
+
+With `--auth-audience` or `--auth-tokens-dir`, every request but the health probes and
+`/metrics` needs a bearer token (see `auth`).
 """
 
 from __future__ import annotations
@@ -44,10 +51,22 @@ class Settings:
     drain_seconds: float = 25.0
     request_log_uri: str | None = None  # s3://: sampled infer requests are written there
     request_log_sample_rate: float = 0.01
+    tls_cert_file: Path | None = None  # with tls_key_file: HTTPS only
+    tls_key_file: Path | None = None
+    auth_audience: str | None = None  # ServiceAccount tokens for it, checked by TokenReview
+    auth_tokens_dir: Path | None = None  # a mounted Secret: each file holds an accepted token
 
     @property
     def logs_requests(self) -> bool:
         return bool(self.request_log_uri) and self.request_log_sample_rate > 0
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @property
+    def auth(self) -> bool:
+        return self.auth_audience is not None or self.auth_tokens_dir is not None
 
 
 # flag/field -> (environment variable, type, lowest, highest, help)
@@ -113,6 +132,24 @@ def parser() -> argparse.ArgumentParser:
         "ones); env KAON_REQUEST_LOG_URI",
     )
     p.add_argument("--host", help="address to listen on (0.0.0.0); env KAON_SERVE_HOST")
+    p.add_argument(
+        "--tls-cert-file",
+        help="PEM certificate (chain) to serve HTTPS with, reloaded when the file changes; "
+        "needs --tls-key-file; env KAON_TLS_CERT_FILE",
+    )
+    p.add_argument(
+        "--tls-key-file", help="PEM private key of --tls-cert-file; env KAON_TLS_KEY_FILE"
+    )
+    p.add_argument(
+        "--auth-audience",
+        help="accept Kubernetes ServiceAccount tokens issued for this audience (checked with "
+        "the API server's TokenReview); env KAON_AUTH_AUDIENCE",
+    )
+    p.add_argument(
+        "--auth-tokens-dir",
+        help="accept the tokens held by the files of this directory (a mounted Secret, one "
+        "token a key); env KAON_AUTH_TOKENS_DIR",
+    )
     for field, (env, _, _low, _high, text) in _NUMBERS.items():
         p.add_argument("--" + field.replace("_", "-"), help=f"{text}; env {env}")
     return p
@@ -132,6 +169,19 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     if log_uri is not None and not _is_s3_uri(log_uri):
         source = "--request-log-uri" if args.request_log_uri else "KAON_REQUEST_LOG_URI"
         raise SettingsError(f"{source}: {log_uri!r} is not an s3://bucket/prefix URI")
+    cert = _setting(args, env, "--tls-cert-file", "KAON_TLS_CERT_FILE")
+    key = _setting(args, env, "--tls-key-file", "KAON_TLS_KEY_FILE")
+    if key is not None and cert is None:
+        raise SettingsError(f"{key[0]} needs --tls-cert-file (or KAON_TLS_CERT_FILE)")
+    if cert is not None and key is None:
+        raise SettingsError(f"{cert[0]} needs --tls-key-file (or KAON_TLS_KEY_FILE)")
+    for source, path in [given for given in (cert, key) if given is not None]:
+        if not Path(path).is_file():
+            raise SettingsError(f"{source}: {path!r} is not a file")
+    audience = _setting(args, env, "--auth-audience", "KAON_AUTH_AUDIENCE")
+    tokens_dir = _setting(args, env, "--auth-tokens-dir", "KAON_AUTH_TOKENS_DIR")
+    if tokens_dir is not None and not Path(tokens_dir[1]).is_dir():
+        raise SettingsError(f"{tokens_dir[0]}: {tokens_dir[1]!r} is not a directory")
     numbers: dict[str, int | float] = {}
     for field, (var, kind, low, high, _) in _NUMBERS.items():
         flag = "--" + field.replace("_", "-")
@@ -154,8 +204,23 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
         request_log_uri=log_uri,
         name=args.name or env.get("KAON_MODEL_NAME") or None,
         host=args.host or env.get("KAON_SERVE_HOST") or Settings.host,
+        tls_cert_file=Path(cert[1]) if cert else None,
+        tls_key_file=Path(key[1]) if key else None,
+        auth_audience=audience[1] if audience else None,
+        auth_tokens_dir=Path(tokens_dir[1]) if tokens_dir else None,
         **numbers,  # type: ignore[arg-type]
     )
+
+
+def _setting(
+    args: argparse.Namespace, env: Mapping[str, str], flag: str, var: str
+) -> tuple[str, str] | None:
+    """(the flag or variable that gave it, the value) of a text setting; None if unset."""
+    value = getattr(args, flag[2:].replace("-", "_"))
+    if value:
+        return flag, value
+    value = env.get(var)
+    return (var, value) if value else None
 
 
 def _is_s3_uri(uri: str) -> bool:

@@ -213,6 +213,48 @@ class RequestLogging(Spec):
         return self.secret_ref is not None
 
 
+class ServingTLS(Spec):
+    """HTTPS for the replicas' V2 server (and the router's hop to them)."""
+
+    secret_name: DNSLabel = Field(
+        description="A kubernetes.io/tls Secret in the service's namespace on the hub, with "
+        "tls.crt and tls.key (what cert-manager writes). kaon copies it into each member that "
+        "runs a replica and keeps the copy current; a server takes a renewed certificate for "
+        "new connections within 10 s, without a restart.",
+    )
+
+
+class ServingAuth(Spec):
+    """Bearer tokens (`Authorization: Bearer TOKEN`) on every request but the health checks
+    and /metrics: none or an unknown one gets 401, a ServiceAccount token issued for another
+    audience 403. Tokens are never logged or written to status or Events."""
+
+    service_account_tokens: bool = Field(
+        default=True,
+        description="Accept ServiceAccount tokens of the replica's cluster, checked with its "
+        "API server's TokenReview for `audience` (kubectl create token SA --audience AUD).",
+    )
+    audience: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^\S+$")] | None = Field(
+        default=None,
+        description="The audience ServiceAccount tokens must be issued for; NAME.NAMESPACE "
+        "of the service when absent.",
+    )
+    tokens_secret_name: DNSLabel | None = Field(
+        default=None,
+        description="A Secret in the service's namespace on the hub whose every value is one "
+        "accepted token (kaon copies it into each member that runs a replica and keeps the copy "
+        "current).",
+    )
+
+    @rule(
+        "self.serviceAccountTokens || has(self.tokensSecretName)",
+        "auth needs serviceAccountTokens or tokensSecretName",
+        ".serviceAccountTokens",
+    )
+    def _some_tokens(self) -> bool:
+        return self.service_account_tokens or self.tokens_secret_name is not None
+
+
 class InferenceServiceSpec(Spec):
     """What model to serve, how many replicas, where, and how requests are batched."""
 
@@ -255,6 +297,13 @@ class InferenceServiceSpec(Spec):
         default=None,
         description="The Queue whose quota the replicas count against (its namespaceSelector "
         "must allow this namespace); the namespace's kaon.dev/queue label when absent.",
+    )
+    tls: ServingTLS | None = Field(
+        default=None,
+        description="Serve HTTPS with a certificate from a Secret; plain HTTP when absent.",
+    )
+    auth: ServingAuth | None = Field(
+        default=None, description="Require a bearer token on every request; open when absent."
     )
     request_logging: RequestLogging | None = Field(
         default=None,

@@ -46,6 +46,21 @@ def request_log_secret_name(service: str, revision: str) -> str:
     return f"{service}-{revision}-request-log-store"
 
 
+def tls_secret_name(service: str) -> str:
+    """The member's copy of a service's certificate Secret (spec.tls.secretName)."""
+    return f"{service}-serving-tls"
+
+
+def auth_tokens_secret_name(service: str) -> str:
+    """The member's copy of a service's accepted tokens (spec.auth.tokensSecretName)."""
+    return f"{service}-auth-tokens"
+
+
+def token_reviewer_name(namespace: str) -> str:
+    """The member ClusterRoleBinding that lets a namespace's servers ask for TokenReviews."""
+    return f"kaon-token-review-{namespace}"
+
+
 def checkpoint_uri(location: str, namespace: str, job: str, uid: str) -> str:
     """The job's own prefix in the store: a job made again under the same name starts afresh."""
     return f"{location.rstrip('/')}/{namespace}/{job}/{uid}"

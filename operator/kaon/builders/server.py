@@ -21,7 +21,13 @@ from kaon.api.names import (
     REVISION_LABEL,
 )
 from kaon.api.settings import Settings
-from kaon.builders.names import model_secret_name, request_log_secret_name
+from kaon.builders.names import (
+    auth_tokens_secret_name,
+    model_secret_name,
+    request_log_secret_name,
+    tls_secret_name,
+    token_reviewer_name,
+)
 from kaon.builders.worker import (
     POD_SECURITY,
     RESTRICTED,
@@ -40,6 +46,9 @@ MODEL_STORE = "/var/lib/kaon/models"
 # The request log's store credentials: the AWS_* variables behind this prefix (its store may
 # not be the model's).
 REQUEST_LOG_ENV_PREFIX = "KAON_REQUEST_LOG_"
+TLS_DIR = "/etc/kaon/tls"
+AUTH_TOKENS_DIR = "/etc/kaon/auth-tokens"
+TLS_SECRET_KEYS = ("tls.crt", "tls.key")
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,15 @@ def deployment_name(service: str, revision: Revision) -> str:
     return f"{service}-{revision}"
 
 
-def service_url(ref: ServiceRef) -> str:
-    return f"http://{ref.name}.{ref.namespace}.svc.cluster.local"
+def service_url(ref: ServiceRef, spec: InferenceServiceSpec | None = None) -> str:
+    scheme = "https" if spec is not None and spec.tls is not None else "http"
+    return f"{scheme}://{ref.name}.{ref.namespace}.svc.cluster.local"
+
+
+def audience(ref: ServiceRef, spec: InferenceServiceSpec) -> str:
+    """The audience the service's ServiceAccount tokens must be issued for."""
+    given = spec.auth.audience if spec.auth is not None else None
+    return given or f"{ref.name}.{ref.namespace}"
 
 
 def _labels(ref: ServiceRef, revision: Revision | None = None) -> dict[str, str]:
@@ -64,9 +80,9 @@ def _labels(ref: ServiceRef, revision: Revision | None = None) -> dict[str, str]
     return labels
 
 
-def _probe(path: str, period_s: int, failures: int) -> Obj:
+def _probe(path: str, period_s: int, failures: int, tls: bool) -> Obj:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": "http", "scheme": "HTTPS" if tls else "HTTP"},
         "periodSeconds": period_s,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -93,6 +109,47 @@ def _request_log_env(ref: ServiceRef, revision: Revision, spec: InferenceService
         {"name": "KAON_REQUEST_LOG_URI", "value": logging.uri},
         {"name": "KAON_REQUEST_LOG_SAMPLE_RATE", "value": str(logging.sample_rate)},
         *store_env(request_log_secret_name(ref.name, revision), REQUEST_LOG_ENV_PREFIX),
+    ]
+
+
+def tls_secret(ref: ServiceRef, data: dict[str, str]) -> Obj:
+    """The member's copy of the service's certificate (spec.tls.secretName)."""
+    copy = secret_copy(tls_secret_name(ref.name), ref.namespace, _labels(ref), data)
+    return copy | {"type": "kubernetes.io/tls"}
+
+
+def auth_tokens_secret(ref: ServiceRef, data: dict[str, str]) -> Obj:
+    """The member's copy of the service's accepted tokens (spec.auth.tokensSecretName)."""
+    return secret_copy(auth_tokens_secret_name(ref.name), ref.namespace, _labels(ref), data)
+
+
+def _security_env(ref: ServiceRef, spec: InferenceServiceSpec) -> list[Obj]:
+    env = []
+    if spec.tls is not None:
+        env += [
+            {"name": "KAON_TLS_CERT_FILE", "value": f"{TLS_DIR}/tls.crt"},
+            {"name": "KAON_TLS_KEY_FILE", "value": f"{TLS_DIR}/tls.key"},
+        ]
+    if spec.auth is not None and spec.auth.service_account_tokens:
+        env.append({"name": "KAON_AUTH_AUDIENCE", "value": audience(ref, spec)})
+    if spec.auth is not None and spec.auth.tokens_secret_name:
+        env.append({"name": "KAON_AUTH_TOKENS_DIR", "value": AUTH_TOKENS_DIR})
+    return env
+
+
+def _security_volumes(ref: ServiceRef, spec: InferenceServiceSpec) -> list[tuple[Obj, Obj]]:
+    """(volume, mount) of the certificate and the tokens, read-only."""
+    out = []
+    if spec.tls is not None:
+        out.append(("tls", tls_secret_name(ref.name), TLS_DIR))
+    if spec.auth is not None and spec.auth.tokens_secret_name:
+        out.append(("auth-tokens", auth_tokens_secret_name(ref.name), AUTH_TOKENS_DIR))
+    return [
+        (
+            {"name": name, "secret": {"secretName": secret, "defaultMode": 0o440}},
+            {"name": name, "mountPath": path, "readOnly": True},
+        )
+        for name, secret, path in out
     ]
 
 
@@ -128,6 +185,8 @@ def _container(
         env.append({"name": "KAON_MODEL_URI", "value": model.uri})
         env += store_env(model_secret_name(ref.name, revision))
     env += _request_log_env(ref, revision, spec)
+    env += _security_env(ref, spec)
+    tls = spec.tls is not None
     return {
         "name": "server",
         "image": s.runtime_image,
@@ -153,12 +212,13 @@ def _container(
         "securityContext": RESTRICTED,
         # Fetching the model (from a store), loading torch and the model take a while on a
         # cold node: up to two minutes.
-        "startupProbe": _probe("/v2/health/live", 2, 60),
-        "readinessProbe": _probe("/v2/health/ready", 2, 2),
-        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "startupProbe": _probe("/v2/health/live", 2, 60, tls),
+        "readinessProbe": _probe("/v2/health/ready", 2, 2, tls),
+        "livenessProbe": _probe("/v2/health/live", 10, 3, tls),
         "volumeMounts": [
             {"name": "model", "mountPath": MODEL_STORE, "readOnly": bool(model.claim)},
             {"name": "tmp", "mountPath": "/tmp"},
+            *(mount for _, mount in _security_volumes(ref, spec)),
         ],
     }
 
@@ -206,10 +266,27 @@ def deployment(
                     "containers": [
                         _container(ref, revision, spec, model, gpus_per_replica, settings)
                     ],
-                    "volumes": [_model_volume(model), {"name": "tmp", "emptyDir": {}}],
+                    "volumes": [
+                        _model_volume(model),
+                        {"name": "tmp", "emptyDir": {}},
+                        *(volume for volume, _ in _security_volumes(ref, spec)),
+                    ],
                 },
             },
         },
+    }
+
+
+def token_reviewer(namespace: str) -> Obj:
+    """Lets the namespace's servers (the workers' ServiceAccount) ask the member's API server
+    whether a token is valid (TokenReview): the role Kubernetes ships for that."""
+    rbac = "rbac.authorization.k8s.io"
+    return {
+        "apiVersion": f"{rbac}/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": token_reviewer_name(namespace), "labels": {MANAGED_BY: MANAGER}},
+        "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "system:auth-delegator"},
+        "subjects": [{"kind": "ServiceAccount", "name": WORKER_IDENTITY, "namespace": namespace}],
     }
 
 

@@ -33,13 +33,16 @@ from kaon.api.names import (
 from kaon.api.settings import Settings
 from kaon.builders.server import (
     SERVER_PORT,
+    TLS_SECRET_KEYS,
     Revision,
     ServiceRef,
+    auth_tokens_secret,
     deployment,
     model_secret,
     request_log_secret,
     service,
     service_url,
+    tls_secret,
 )
 from kaon.clusters.client import KubeClient, Obj
 from kaon.clusters.member import Member
@@ -74,6 +77,7 @@ KIND = "InferenceService"
 RESYNC_S = 3.0  # load reports, capacity and member health are looked at this often
 RETRY_S = 2.0
 STORE_SECRET_INVALID = "StoreSecretInvalid"
+SECRET_INVALID = "SecretInvalid"  # spec.tls's certificate or spec.auth's tokens
 
 
 @dataclass(slots=True)
@@ -89,6 +93,11 @@ class ServiceMemory:
     used: tuple[Consumption, ...] = ()  # what they take from it, per cluster
     waits: str = ""  # why no replica is allowed by the queue, if so
     busy_at: float | None = None  # wall: a replica last reported a request (or we began)
+
+
+def _name_of(obj: Obj) -> str:
+    name: str = obj["metadata"]["name"]
+    return name
 
 
 def _secret_field(spec: InferenceServiceSpec, revision: Revision) -> str:
@@ -286,7 +295,7 @@ class InferenceServiceController(Reconciler):
         ref = ServiceRef(key[0], key[1], body["metadata"]["uid"])
         memory.spec = spec
         splits = self._splits(memory, slots, allowed, canary_percent or 0)
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []  # (reason, message)
         views = [
             await self._apply_cluster(memory, ref, spec, model, canary_model, problems, *split)
             for split in splits
@@ -396,20 +405,22 @@ class InferenceServiceController(Reconciler):
         body: Obj,
         memory: ServiceMemory,
         new: InferenceServiceStatus,
-        problems: list[str],
+        problems: list[tuple[str, str]],
         gen: int,
         now: str,
     ) -> InferenceServiceStatus:
-        """A store Secret that could not be copied keeps its revision's Deployment from being
-        written: said once in an Event, and in Ready unless replicas are ready anyway."""
-        message = "; ".join(dict.fromkeys(problems))
+        """A Secret that could not be copied (a store's, the certificate, the tokens) keeps its
+        revision's Deployment from being written: said once in an Event, and in Ready unless
+        replicas are ready anyway. The first problem's reason is the condition's."""
+        message = "; ".join(dict.fromkeys(m for _, m in problems))
+        reason = problems[0][0] if problems else STORE_SECRET_INVALID
         if message and message != memory.store_problem:
-            await self.event(body, "Warning", STORE_SECRET_INVALID, message)
+            await self.event(body, "Warning", reason, message)
         memory.store_problem = message
         ready = find_condition(new.conditions, "Ready")
         if not message or (ready is not None and ready.status == "True"):
             return new
-        return with_condition(new, "Ready", False, STORE_SECRET_INVALID, message, gen, now)
+        return with_condition(new, "Ready", False, reason, message, gen, now)
 
     async def _apply_cluster(
         self,
@@ -418,7 +429,7 @@ class InferenceServiceController(Reconciler):
         spec: InferenceServiceSpec,
         model: ResolvedModel,
         canary_model: ResolvedModel | None,
-        problems: list[str],
+        problems: list[tuple[str, str]],
         slot: serving.Slot,
         stable_n: int,
         canary_n: int,
@@ -426,11 +437,14 @@ class InferenceServiceController(Reconciler):
         key = (ref.namespace, ref.name)
         member = self.fleet.member(slot.cluster)
         pool = self.fleet.pool(slot.cluster, slot.pool)
-        url = service_url(ref)
+        url = service_url(ref, spec)
         if member is None or pool is None or not member.ready:
             return serving.ClusterView(slot, url, stable_n, canary_n, 0, 0)
         await self.ensure_namespace(member, ref.namespace)
         await self.ops.apply(member, memory.applied, service(ref))
+        insecure = await self._secure(member, memory, ref, spec)
+        if insecure:
+            problems.append((SECRET_INVALID, f"cluster {member.name}: {insecure}"))
         revisions: list[tuple[Revision, ResolvedModel | None, int]] = [
             ("stable", model, stable_n),
             ("canary", canary_model, canary_n),
@@ -452,6 +466,8 @@ class InferenceServiceController(Reconciler):
             obj = deployment(
                 ref, revision, spec, source, pool, slot.gpus_per_replica, n, self.settings
             )
+            if insecure:
+                continue  # no replica without its certificate or tokens; running ones stay
             if source.secret_ref is not None:
                 problem = await self.ops.copy_secret(
                     member,
@@ -462,11 +478,11 @@ class InferenceServiceController(Reconciler):
                     obj,
                 )
                 if problem:
-                    problems.append(f"cluster {member.name}: {problem}")
+                    problems.append((STORE_SECRET_INVALID, f"cluster {member.name}: {problem}"))
                     continue
             problem = await self._copy_request_log_secret(member, memory, ref, spec, revision, obj)
             if problem:
-                problems.append(f"cluster {member.name}: {problem}")
+                problems.append((STORE_SECRET_INVALID, f"cluster {member.name}: {problem}"))
                 continue
             await self.ops.apply(member, memory.applied, obj)
         ready = {"stable": 0, "canary": 0}
@@ -486,6 +502,31 @@ class InferenceServiceController(Reconciler):
             ready["canary"] if canary_n else 0,
             tuple(sorted(endpoints, key=lambda e: (e[1], e[0]))),
         )
+
+    async def _secure(
+        self, member: Member, memory: ServiceMemory, ref: ServiceRef, spec: InferenceServiceSpec
+    ) -> str | None:
+        """The member's copies of the certificate and the tokens, kept current, and the
+        servers' right to review tokens; copies no longer named go. Why not, if they cannot be."""
+        wanted: list[tuple[str, str, Callable[[dict[str, str]], Obj], tuple[str, ...]]] = []
+        if spec.tls is not None:
+            tls = functools.partial(tls_secret, ref)
+            wanted.append((spec.tls.secret_name, "spec.tls.secretName", tls, TLS_SECRET_KEYS))
+        auth = spec.auth
+        if auth is not None and auth.tokens_secret_name:
+            tokens = functools.partial(auth_tokens_secret, ref)
+            wanted.append((auth.tokens_secret_name, "spec.auth.tokensSecretName", tokens, ()))
+        if auth is not None and auth.service_account_tokens:
+            await self.ops.ensure_token_reviewer(member, ref.namespace)
+        named = {_name_of(build({})) for _, _, build, _ in wanted}
+        for copy in (tls_secret(ref, {}), auth_tokens_secret(ref, {})):
+            if _name_of(copy) not in named and self.ops.has(member, memory.applied, copy):
+                await self.ops.delete(member, memory.applied, copy)
+        problems = [
+            await self.ops.mirror_secret(member, memory.applied, source, where, build, keys)
+            for source, where, build, keys in wanted
+        ]
+        return "; ".join(p for p in problems if p) or None
 
     async def _copy_request_log_secret(
         self,

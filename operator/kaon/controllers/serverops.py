@@ -9,8 +9,14 @@ from collections.abc import Callable
 from typing import get_args
 
 from kaon.api.names import ObjectKey
-from kaon.builders.names import model_secret_name, request_log_secret_name, service_selector
-from kaon.builders.server import Revision
+from kaon.builders.names import (
+    auth_tokens_secret_name,
+    model_secret_name,
+    request_log_secret_name,
+    service_selector,
+    tls_secret_name,
+)
+from kaon.builders.server import Revision, token_reviewer
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
 from kaon.clusters.member import Member
@@ -42,6 +48,15 @@ class ServerOps:
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
+        self._reviewers: set[tuple[str, str]] = set()  # (cluster, namespace) bound already
+
+    async def ensure_token_reviewer(self, member: Member, namespace: str) -> None:
+        """The namespace's servers may ask for TokenReviews in the member (once per run)."""
+        if (member.name, namespace) in self._reviewers:
+            return
+        obj = token_reviewer(namespace)
+        await member.client.create_or_get(f"/apis/{obj['apiVersion']}/clusterrolebindings", obj)
+        self._reviewers.add((member.name, namespace))
 
     async def apply(self, member: Member, applied: Applied, obj: Obj) -> None:
         path = _path(obj)
@@ -83,6 +98,45 @@ class ServerOps:
             applied[where_copy] = COPIED
         return problem
 
+    async def mirror_secret(
+        self,
+        member: Member,
+        applied: Applied,
+        source: str,
+        where: str,
+        build: Callable[[dict[str, str]], Obj],
+        required: tuple[str, ...] = (),
+    ) -> str | None:
+        """Keep the member's copy `build(data)` equal to the hub's Secret `source` (named by the
+        field `where`), replaced whole so a key removed on the hub (a revoked token) goes
+        too, and a renewed certificate reaches the servers; why not, if it cannot be."""
+        copy = build({})
+        namespace = copy["metadata"]["namespace"]
+        what = f"Secret {namespace}/{source} ({where})"
+        try:
+            secret = await self.fleet.hub.get(paths.secret(namespace, source))
+        except ApiError as exc:
+            return f"{what} does not exist" if exc.not_found else f"{what}: {exc}"
+        data = secret.get("data") or {}
+        missing = [k for k in required if not data.get(k)]
+        if missing:
+            return f"{what} has no {' and no '.join(missing)}"
+        if not data:
+            return f"{what} has no data"
+        copy = build(dict(data))
+        path = _path(copy)
+        digest = _digest(copy)
+        if applied.get((member.name, path)) == digest:
+            return None
+        try:
+            await member.client.request("PUT", path, body=copy, answer=False)
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+            await member.client.create(path.rsplit("/", 1)[0], copy, answer=False)
+        applied[(member.name, path)] = digest
+        return None
+
     @staticmethod
     def has(member: Member, applied: Applied, obj: Obj) -> bool:
         """Whether this operator applied that object in the member (and has not deleted it)."""
@@ -108,6 +162,8 @@ class ServerOps:
             for revision in get_args(Revision):
                 for copy in (model_secret_name, request_log_secret_name):
                     await member.client.delete_if_present(paths.secret(ns, copy(name, revision)))
+            for secret in (tls_secret_name(name), auth_tokens_secret_name(name)):
+                await member.client.delete_if_present(paths.secret(ns, secret))
             left = await member.client.get(deployments, labelSelector=selector)
         except ApiError as exc:
             log.info("cleanup of service %s/%s in %s: %s", ns, name, cluster, exc)

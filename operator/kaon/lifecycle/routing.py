@@ -32,6 +32,7 @@ class Route:
     endpoints: Mapping[str, tuple[str, ...]]  # revision -> HOST:PORT of its ready replicas
     canary_percent: int = 0
     may_wake: bool = False  # replicas.min is 0: a held request asks for a replica
+    tls: bool = False  # the replicas serve HTTPS (spec.tls)
 
     @property
     def ready(self) -> bool:
@@ -54,6 +55,7 @@ def route_of(body: Mapping[str, Any]) -> Route:
         {r: tuple(a) for r, a in found.items()},
         percent if isinstance(percent, int) else 0,
         minimum == 0,
+        bool(spec.get("tls")),
     )
 
 

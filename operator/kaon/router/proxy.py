@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections import Counter
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -59,6 +61,7 @@ MAX_HOLDS = 3  # a request whose replicas become ready and go again, again, gets
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._request_labels: dict[ObjectKey, set[tuple[str, str]]] = {}  # (revision, code)
         labels = ("namespace", "service")
         self.requests = CounterMetric(
             "kaon_router_requests",
@@ -80,6 +83,18 @@ class Metrics:
             registry=self.registry,
         )
 
+    def answered(self, key: ObjectKey, revision: str, code: int) -> None:
+        self._request_labels.setdefault(key, set()).add((revision, str(code)))
+        self.requests.labels(*key, revision, str(code)).inc()
+
+    def forget(self, key: ObjectKey) -> None:
+        """A deleted service's series go (else every service ever seen stays in /metrics)."""
+        for revision, code in self._request_labels.pop(key, ()):
+            self.requests.remove(*key, revision, code)
+        for metric in (self.held, self.hold_seconds):
+            with contextlib.suppress(KeyError):
+                metric.remove(*key)
+
 
 def _unavailable(why: str, limits: HoldLimits) -> web.Response:
     return web.json_response(
@@ -94,13 +109,18 @@ class Router:
         waker: Waker,
         limits: HoldLimits,
         session: aiohttp.ClientSession,
+        replica_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.table = table
         self.waker = waker
         self.limits = limits
         self.session = session
+        # Verifies a replica's certificate (as issued for NAME.NAMESPACE.svc) when given;
+        # else the hop is encrypted but the replica unauthenticated.
+        self.replica_tls = replica_tls
         self.metrics = Metrics()
         self.held: Counter[ObjectKey] = Counter()
+        table.on_deleted.append(self.metrics.forget)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -162,6 +182,8 @@ class Router:
 
     async def _hold(self, key: ObjectKey) -> str:
         """Wait for a ready replica (asking the operator for one meanwhile); why not, if not."""
+        if key not in self.table.routes:
+            return f"InferenceService {key[0]}/{key[1]} was deleted"
         if self.held[key] >= self.limits.max_held:
             return f"{self.limits.max_held} requests of {key[0]}/{key[1]} are held already"
         self.held[key] += 1
@@ -181,15 +203,20 @@ class Router:
             return f"no replica of {key[0]}/{key[1]} became ready in {self.limits.timeout_s:g}s"
         finally:
             self.held[key] -= 1
+            if not self.held[key]:
+                del self.held[key]
             gauge.dec()
-            self.metrics.hold_seconds.labels(*key).observe(time.monotonic() - start)
+            if key in self.table.routes:  # a deleted service's series are gone for good
+                self.metrics.hold_seconds.labels(*key).observe(time.monotonic() - start)
 
     async def _forward_while_listed(
         self, key: ObjectKey, request: web.Request, body: bytes, address: str, revision: str
     ) -> web.Response:
         """The replica's answer; ReplicaLeftError if it leaves the route first (its machine
         may be gone without a word: no reset ever comes)."""
-        forward = asyncio.ensure_future(self._forward(request, body, address, revision))
+        route = self.table.routes.get(key)
+        tls = route is not None and route.tls
+        forward = asyncio.ensure_future(self._forward(key, request, body, address, revision, tls))
         left = asyncio.ensure_future(self.table.left(key, address).wait())
         try:
             await asyncio.wait((forward, left), return_when=asyncio.FIRST_COMPLETED)
@@ -204,12 +231,28 @@ class Router:
                     await forward
 
     async def _forward(
-        self, request: web.Request, body: bytes, address: str, revision: str
+        self,
+        key: ObjectKey,
+        request: web.Request,
+        body: bytes,
+        address: str,
+        revision: str,
+        tls: bool,
     ) -> web.Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        url = f"http://{address}/{request.match_info['tail']}"
+        url = f"{'https' if tls else 'http'}://{address}/{request.match_info['tail']}"
+        secure: dict[str, Any] = {}
+        if tls:
+            secure["ssl"] = self.replica_tls or False
+            if self.replica_tls:
+                secure["server_hostname"] = f"{key[1]}.{key[0]}.svc"
         async with self.session.request(
-            request.method, url, params=request.rel_url.query, data=body, headers=headers
+            request.method,
+            url,
+            params=request.rel_url.query,
+            data=body,
+            headers=headers,
+            **secure,
         ) as answer:
             payload = await answer.read()
             out = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -217,7 +260,8 @@ class Router:
             return web.Response(status=answer.status, body=payload, headers=out)
 
     def _count(self, key: ObjectKey, revision: str, response: web.Response) -> web.Response:
-        self.metrics.requests.labels(*key, revision, str(response.status)).inc()
+        if key in self.table.routes:
+            self.metrics.answered(key, revision, response.status)
         return response
 
 

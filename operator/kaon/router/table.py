@@ -4,7 +4,7 @@ a way to wait until a service has a ready replica, and one to learn that a repli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kaon.api.names import ObjectKey, key_of
 from kaon.clusters.client import Obj
@@ -16,8 +16,9 @@ class RouteTable:
         self.routes: dict[ObjectKey, Route] = {}
         self.splitters: dict[ObjectKey, Splitter] = {}
         self._ready: dict[ObjectKey, asyncio.Event] = {}
-        self._left: dict[tuple[ObjectKey, str], asyncio.Event] = {}  # (service, HOST:PORT)
+        self._left: dict[ObjectKey, dict[str, asyncio.Event]] = {}  # service -> HOST:PORT ->
         self.listed = False  # requests wait for the first listing, not 404 before it
+        self.on_deleted: list[Callable[[ObjectKey], None]] = []  # what else forgets a service
 
     def reset(self, bodies: Iterable[Obj]) -> None:
         """A fresh listing: services not in it are gone."""
@@ -33,21 +34,29 @@ class RouteTable:
         if kind == "DELETED":
             self.routes.pop(key, None)
             self.splitters.pop(key, None)
+            if key in self._ready:
+                self._ready.pop(key).set()  # held requests wake to find it gone
+            for forget in self.on_deleted:
+                forget(key)
         else:
             route = self.routes[key] = route_of(body)
             self.splitters.setdefault(key, Splitter())
             if route.ready and key in self._ready:
                 self._ready.pop(key).set()
+        watched = self._left.get(key)
+        if not watched:
+            return
         current = self.routes.get(key)
         addresses = {a for got in current.endpoints.values() for a in got} if current else set()
-        for service, address in list(self._left):
-            if service == key and address not in addresses:
-                self._left.pop((service, address)).set()
+        for address in [a for a in watched if a not in addresses]:
+            watched.pop(address).set()
+        if not watched:
+            del self._left[key]
 
     def left(self, key: ObjectKey, address: str) -> asyncio.Event:
         """Set once the replica at `address` is no longer one of the service's (not ready, or
         its cluster lost): a request it holds may go to another."""
-        return self._left.setdefault((key, address), asyncio.Event())
+        return self._left.setdefault(key, {}).setdefault(address, asyncio.Event())
 
     def pick(self, key: ObjectKey) -> tuple[str, str] | None:
         route = self.routes.get(key)
