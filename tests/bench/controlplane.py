@@ -387,6 +387,25 @@ def progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+QUIET_CPU = 0.25  # rig CPU-seconds per second below which the rig counts as idle
+QUIET_LONGEST_S = 120.0
+
+
+async def settled() -> None:
+    """Until the rig is idle: the last run's deletions (pods, Services, their endpoints, a
+    namespace) go on in the controllers and kwok after the API says they are gone, and a run
+    started meanwhile shares the CPU with them."""
+    began = time.monotonic()
+    quiet = 0
+    before = sum(cpu_seconds().values())
+    while quiet < 2 and time.monotonic() - began < QUIET_LONGEST_S:
+        await asyncio.sleep(1.0)
+        now = sum(cpu_seconds().values())
+        quiet = quiet + 1 if now - before < QUIET_CPU else 0
+        before = now
+    progress(f"rig idle after {time.monotonic() - began:.0f} s")
+
+
 def cpu_seconds() -> dict[str, float]:
     """CPU time of the rig's processes and the operator, by executable name."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -783,15 +802,21 @@ async def main(
     await prepare(hub, members)
     try:
         clients = {"hub": hub, **members}
+        await settled()
         first = await with_kaon(clients, n, workers) if kaon_first else None
+        await settled()
         raw, raw_cpu, raw_requests = await raw_limit(clients, n, workers)
         progress(f"raw client: {n * workers} pods running")
+        await settled()
         floor, floor_cpu, floor_requests = await floor_limit(clients, n, workers)
         progress(f"floor client: {n * workers} pods running")
         trop: tuple[float, dict[str, float], dict[str, float]] | None = None
         if with_training_operator:
+            await settled()
             trop = await training_operator_run(clients, n, workers)
             progress(f"training-operator: {n * workers} pods running")
+        if first is None:
+            await settled()
         kaon = first or await with_kaon(clients, n, workers)
     finally:
         await cleanup(hub, members)
