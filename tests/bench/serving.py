@@ -22,6 +22,12 @@ Content-Type, V2 headers and body. Figures (value: own layer, baseline: aiohttp,
 aiohttp): `serving.http_layer.cN.{rps,p50_ms,p99_ms}` (JSON) and
 `serving.http_layer.binary.cN.{rps,p50_ms,p99_ms}`.
 
+gRPC, same run: a grpc.aio client in this process (32 concurrent callers on 4 channels, a
+ModelInfer of one digit as `raw_input_contents`, warm-up then the measured window) drives kaon's
+V2 gRPC port, and KServe's (its ModelServer opens one). Figures: `serving.grpc.c32.{rps,p50_ms,
+p99_ms}` (value: kaon gRPC, baseline: kaon HTTP JSON at c32, same process) and
+`serving.grpc_vs_kserve.c32.*` (baseline: KServe's gRPC).
+
 The servers run alternately for `--rounds` rounds (2) and each figure keeps its best round, the
 one least disturbed by other load on a shared machine (as kernels.py does).
 
@@ -52,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadgen import closed_loop, http_request, percentile
+from loadgen import Tally, closed_loop, http_request, percentile
 from results import record, table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,6 +73,9 @@ INFER = f"/v2/models/{MODEL}/infer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 Spawn = Callable[[Path, int], list[str]]
+GRPC_USERS = 32
+GRPC_CHANNELS = 4
+GRPC_PORTS: dict[int, int] = {}  # a spawned server's HTTP port -> its gRPC port
 
 
 def free_port() -> int:
@@ -88,7 +97,14 @@ def kaon_command(model_dir: Path, port: int) -> list[str]:
         str(port),
         "--threads",
         "1",
+        "--grpc-port",
+        "-1",  # kaon_grpc_command turns it on where it is measured
     ]
+
+
+def kaon_grpc_command(model_dir: Path, port: int) -> list[str]:
+    GRPC_PORTS[port] = free_port()
+    return [*kaon_command(model_dir, port), "--grpc-port", str(GRPC_PORTS[port])]
 
 
 def aiohttp_command(flavor: str) -> Spawn:
@@ -112,7 +128,7 @@ def kserve_command(model_dir: Path, port: int) -> list[str]:
         "--http_port",
         str(port),
         "--grpc_port",
-        str(free_port()),
+        str(GRPC_PORTS.setdefault(port, free_port())),
     ]
 
 
@@ -304,6 +320,7 @@ def measure(
     duration_s: float,
     cold_starts: int = 3,
     check: Callable[[int], None] | None = None,
+    grpc_images: Sequence[list[float]] | None = None,
 ) -> dict[str, float]:
     """One round: `cold_starts` starts (the last one then serves the load points)."""
     colds = []
@@ -330,8 +347,82 @@ def measure(
                 figures[f"{key}.p99_ms"] = percentile(lat, 0.99) * 1000
                 rps, p50, p99 = (figures[f"{key}.{k}"] for k in ("rps", "p50_ms", "p99_ms"))
                 print(f"  {key}: {rps:.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
+        if grpc_images is not None:
+            try:
+                figures |= measure_grpc(GRPC_PORTS[port], grpc_images, warmup_s, duration_s)
+            except RuntimeError as err:  # reported; the HTTP figures still count
+                print(f"  gRPC: not measured: {err}", flush=True)
     finally:
         stop(proc)
+    return figures
+
+
+async def grpc_closed_loop(
+    port: int, images: Sequence[list[float]], users: int, warmup_s: float, duration_s: float
+) -> Tally:
+    """loadgen.closed_loop's gRPC twin: `users` callers, each a ModelInfer of one raw digit at a
+    time, on GRPC_CHANNELS channels; answers inside the measured window are tallied."""
+    import grpc  # noqa: PLC0415
+
+    from kaon_kernels.serve import grpc_predict_v2_pb2 as pb  # noqa: PLC0415
+
+    requests = []
+    for digit in images:
+        req = pb.ModelInferRequest(model_name=MODEL)
+        req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+        req.raw_input_contents.append(struct.pack(f"<{len(digit)}f", *digit))
+        requests.append(req)
+    channels = [grpc.aio.insecure_channel(f"{HOST}:{port}") for _ in range(GRPC_CHANNELS)]
+    method = "/inference.GRPCInferenceService/ModelInfer"
+    calls = [
+        c.unary_unary(
+            method,
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        for c in channels
+    ]
+    begin = time.perf_counter()
+    tally = Tally(start=begin + warmup_s, end=begin + warmup_s + duration_s)
+
+    async def user(i: int) -> None:
+        call, n = calls[i % len(calls)], i * 7
+        while True:
+            sent = time.perf_counter()
+            if sent >= tally.end:
+                return
+            try:
+                await call(requests[n % len(requests)], timeout=30)
+            except grpc.aio.AioRpcError as err:
+                tally.errors += 1
+                tally.first_error = tally.first_error or f"{err.code()}: {err.details()}"
+            else:
+                done = time.perf_counter()
+                if tally.start <= sent and done <= tally.end:
+                    tally.latencies.append(done - sent)
+            n += 1
+
+    await asyncio.gather(*(user(i) for i in range(users)))
+    for channel in channels:
+        await channel.close()
+    return tally
+
+
+def measure_grpc(
+    port: int, images: Sequence[list[float]], warmup_s: float, duration_s: float
+) -> dict[str, float]:
+    tally = asyncio.run(grpc_closed_loop(port, images, GRPC_USERS, warmup_s, duration_s))
+    if tally.errors:
+        raise RuntimeError(f"gRPC: {tally.errors} failed calls, first: {tally.first_error}")
+    lat = sorted(tally.latencies)
+    key = f"grpc.c{GRPC_USERS}"
+    figures = {
+        f"{key}.rps": len(lat) / duration_s,
+        f"{key}.p50_ms": percentile(lat, 0.50) * 1000,
+        f"{key}.p99_ms": percentile(lat, 0.99) * 1000,
+    }
+    rps, p50, p99 = (figures[f"{key}.{k}"] for k in ("rps", "p50_ms", "p99_ms"))
+    print(f"  {key}: {rps:.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
     return figures
 
 
@@ -385,7 +476,7 @@ def main() -> int:
     if not args.http_layer_only and not KSERVE_PY.is_file():
         print(f"no KServe venv at {KSERVE_PY.relative_to(REPO)}: run `make setup`", file=sys.stderr)
         return 2
-    servers: dict[str, Spawn] = {"kaon": kaon_command}
+    servers: dict[str, Spawn] = {"kaon": kaon_grpc_command}
     if not args.http_layer_only:
         servers["kserve"] = kserve_command
     servers["aiohttp"] = aiohttp_command(args.aiohttp_flavor)
@@ -413,13 +504,20 @@ def main() -> int:
                         args.duration,
                         cold_starts=1 if args.http_layer_only or name == "aiohttp" else 3,
                         check=same if http else None,
+                        grpc_images=images if name in ("kaon", "kserve") else None,
                     )
                 )
     ours = best(rounds["kaon"])
     entries: dict[str, dict[str, Any]] = {}
     if not args.http_layer_only:
         kserve = best(rounds["kserve"])
-        entries |= compare("serving", ours, kserve, list(kserve))
+        entries |= compare("serving", ours, kserve, [k for k in kserve if k[:5] != "grpc."])
+        ours_grpc = {k[5:]: v for k, v in ours.items() if k.startswith("grpc.")}
+        kserve_grpc = {k[5:]: v for k, v in kserve.items() if k.startswith("grpc.")}
+        entries |= compare("serving.grpc_vs_kserve", ours_grpc, kserve_grpc, list(kserve_grpc))
+    grpc_c = f"c{GRPC_USERS}"
+    http_c = {f"grpc.{grpc_c}.{k}": ours[f"{grpc_c}.{k}"] for k in ("rps", "p50_ms", "p99_ms")}
+    entries |= compare("serving", ours, http_c, list(http_c))
     aiohttp = best(rounds["aiohttp"])
     layer_keys = [key for key in aiohttp if key != "cold_start_s"]
     entries |= compare("serving.http_layer", ours, aiohttp, layer_keys)

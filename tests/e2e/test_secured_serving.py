@@ -17,9 +17,12 @@ from typing import Any
 
 import gevent.ssl as gevent_ssl
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from kubernetes import client
 from test_router import IMAGES, artifacts, service, store_secret  # noqa: F401 (a fixture)
+
+from kaon.builders.server import GRPC_PORT
 
 from kaonrig import Jobs, Rig, condition, kserve_client, state
 from tlskit import Issued, issue
@@ -139,6 +142,29 @@ def check_tritonclient(address: str, issued: Issued, token: str, labels: list[An
     assert refused.value.status() == "401"
 
 
+def check_tritonclient_grpc(
+    address: str, issued: Issued, dns: str, token: str, labels: list[Any]
+) -> None:
+    """tritonclient over gRPC-TLS on the replica's second port (verified for the service's
+    name), with a token in the metadata, and refused without one."""
+    host = address.rsplit(":", 1)[0]
+    client = triton_grpc.InferenceServerClient(
+        url=f"{host}:{GRPC_PORT}",
+        ssl=True,
+        root_certificates=str(issued.ca),
+        channel_args=[("grpc.ssl_target_name_override", dns)],
+    )
+    bearer = {"authorization": f"Bearer {token}"}
+    assert client.is_server_live() and client.is_model_ready("secure", headers=bearer)
+    tensor = triton_grpc.InferInput("input", list(IMAGES.shape), "FP32")
+    tensor.set_data_from_numpy(IMAGES)
+    found = client.infer("secure", [tensor], headers=bearer).as_numpy("label")
+    assert found is not None and found.tolist() == labels
+    with pytest.raises(triton_grpc.InferenceServerException) as refused:
+        client.infer("secure", [tensor])
+    assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+
+
 def test_a_secured_service_answers_https_with_a_valid_token_only(
     kaon_rig: Rig,
     kaon_router: str,
@@ -170,6 +196,7 @@ def test_a_secured_service_answers_https_with_a_valid_token_only(
     with ready.open(f"{direct}/v2/health/ready", timeout=10) as answer:
         assert answer.status == 200
     check_tritonclient(endpoint["address"], issued, audience_token, labels)
+    check_tritonclient_grpc(endpoint["address"], issued, dns, audience_token, labels)
 
     # Through the router (which dials the replica over TLS): the same answers, the same checks.
     url = svc["status"]["url"]

@@ -65,7 +65,7 @@ def start_server(model_dir: Path, log: Path, *flags: str) -> Served:
     out = log.open("wb")
     command = ["-m", "kaon_kernels.serve", "--model-dir", str(model_dir), "--host", "127.0.0.1"]
     proc = subprocess.Popen(
-        [sys.executable, *command, "--port", "0", *flags],
+        [sys.executable, *command, "--port", "0", "--grpc-port", "0", *flags],
         stdout=out,
         stderr=subprocess.STDOUT,
     )

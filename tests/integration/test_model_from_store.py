@@ -34,7 +34,7 @@ from kaonrig import Rig, wait_for
 
 SHAPE = (1, 8, 8)
 CFG = ModelConfig(family="cnn", cnn=CNNConfig(channels=[4], hidden_units=16))
-SERVE = [sys.executable, "-m", "kaon_kernels.serve", "--name", "digits"]
+SERVE = [sys.executable, "-m", "kaon_kernels.serve", "--name", "digits", "--grpc-port", "0"]
 
 
 @pytest.fixture(scope="module")

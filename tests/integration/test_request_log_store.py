@@ -108,6 +108,7 @@ def test_a_server_logs_every_other_request_under_its_pod_and_uploads_them_as_it_
             "KAON_MODEL_NAME": "digits",
             "KAON_SERVE_HOST": "127.0.0.1",
             "KAON_SERVE_PORT": str(port),
+            "KAON_SERVE_GRPC_PORT": "0",
             "KAON_REQUEST_LOG_URI": f"s3://{s3.BUCKET}/{prefix}",
             "KAON_REQUEST_LOG_SAMPLE_RATE": "0.5",
             "KAON_REVISION": "canary",

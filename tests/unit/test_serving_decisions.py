@@ -272,7 +272,8 @@ def test_the_server_deployment_injects_the_runtime_with_probes_and_the_pool() ->
     args = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
     assert args["--model-dir"] == "/var/lib/kaon/models/digits"
     assert args["--name"] == "digits" and args["--host"] == "$(POD_IP)"
-    assert args["--max-batch-size"] == "64"
+    assert args["--max-batch-size"] == "64" and args["--grpc-port"] == "8001"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "grpc": 8001}
     ready = {"path": "/v2/health/ready", "port": "http", "scheme": "HTTP"}
     assert c["readinessProbe"]["httpGet"] == ready
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"

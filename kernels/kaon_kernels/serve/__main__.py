@@ -7,9 +7,11 @@ log's thread). SIGTERM or SIGINT: not ready, stop accepting, answer the requests
 upload what the request log holds, exit 0. Exit 2: bad settings or no artifact (also one that
 cannot be downloaded); 1: the model failed to load.
 
-With `--tls-cert-file` and `--tls-key-file` it serves HTTPS only (`tls`: the pair is reloaded
-when cert-manager renews it); with `--auth-tokens-dir` or `--auth-audience` every request but
-the probes' and `/metrics` needs a bearer token (`auth`).
+Once HTTP listens, the V2 gRPC endpoint listens on `--grpc-port` (8001; -1: none), serving the
+same model through the same batcher (`grpc_server`). With `--tls-cert-file` and
+`--tls-key-file` it serves HTTPS and gRPC over TLS only (`tls`: the pair is reloaded when
+cert-manager renews it); with `--auth-tokens-dir` or `--auth-audience` every request but the
+probes' and `/metrics` needs a bearer token (`auth`), on both ports.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kaon_kernels.serve.app import App
 from kaon_kernels.serve.auth import Authenticator, authenticator, describe
@@ -39,6 +41,7 @@ from kaon_kernels.serve.settings import Settings, SettingsError, artifact_name, 
 from kaon_kernels.serve.tls import CertReloader
 
 if TYPE_CHECKING:
+    from kaon_kernels.serve.grpc_server import GrpcServer
     from kaon_kernels.serve.model import Engine
 
 EXIT_BAD_INPUT = 2
@@ -126,6 +129,23 @@ async def listen(
     log(f"model '{name}' from {settings.model_dir}: listening on {scheme}://{settings.host}:{port}")
 
 
+async def listen_grpc(app: App, settings: Settings) -> GrpcServer | None:
+    """The gRPC endpoint, listening; None with --grpc-port -1."""
+    if settings.grpc_port < 0:
+        return None
+    # grpc loads in a fraction of a second, but after HTTP listens: live answers first.
+    from kaon_kernels.serve.grpc_server import CertFetcher, GrpcServer  # noqa: PLC0415
+
+    server = GrpcServer(app, settings.max_payload_bytes)
+    fetcher = None
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        fetcher = CertFetcher(settings.tls_cert_file, settings.tls_key_file, log)
+    port = await server.start(settings.host, settings.grpc_port, fetcher)
+    scheme = "grpc" if fetcher is None else "grpcs"
+    log(f"V2 gRPC listening on {scheme}://{settings.host}:{port}")
+    return server
+
+
 async def serve(
     settings: Settings,
     name: str,
@@ -139,6 +159,12 @@ async def serve(
     metrics.watch_quality(app.quality)
     server = HttpServer(app, settings.max_payload_bytes)
     await listen(server, settings, name, tls)
+    try:
+        grpc_server = await listen_grpc(app, settings)
+    except (RuntimeError, OSError) as err:  # the port is taken
+        log(f"gRPC cannot listen on port {settings.grpc_port}: {err}")
+        await server.drain(0)
+        return EXIT_BAD_INPUT
     if auth is not None:
         log(describe(auth))
     stop = asyncio.Event()
@@ -177,9 +203,27 @@ async def serve(
                 f"{settings.threads} torch thread(s)"
             )
     await stopping
+    await shutdown(settings, app, server, grpc_server, batcher, reporter, auth, tls)
+    return code
+
+
+async def shutdown(
+    settings: Settings,
+    app: App,
+    server: HttpServer,
+    grpc_server: GrpcServer | None,
+    batcher: Batcher[Any, Any] | None,
+    reporter: LoadReporter | None,
+    auth: Authenticator | None,
+    tls: CertReloader | None,
+) -> None:
+    """Not ready, answer the requests in flight on both ports, then let everything go."""
     app.stop_serving("shutting down")
     log("stopping: answering the requests in flight")
-    await server.drain(settings.drain_seconds)
+    drains = [server.drain(settings.drain_seconds)]
+    if grpc_server is not None:
+        drains.append(grpc_server.drain(settings.drain_seconds))
+    await asyncio.gather(*drains)
     if batcher is not None:
         batcher.close()
     if app.request_log is not None:
@@ -193,7 +237,6 @@ async def serve(
     if tls is not None:
         tls.close()
     log("stopped")
-    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

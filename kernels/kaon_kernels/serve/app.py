@@ -256,21 +256,39 @@ class App:
 
     def _infer(self, req: Request, reply: Reply) -> None:
         arrived = time.perf_counter()
-        engine, batcher = self.engine, self.batcher
-        if engine is None or batcher is None:
+        engine = self.engine
+        if engine is None or self.batcher is None:
             raise HttpError(503, f"model '{self.model_name}' is not ready: {self.not_ready}")
         header_length = _header_length(req.headers)
         body = _decoded(req, self.max_body)
         request = parse_infer(body, header_length, engine.signature)
+
+        def answer(done: Done[BatchResult]) -> tuple[int, Callable[[], None]]:
+            status, body, ctype, headers = _infer_answer(request, done, engine.signature)
+            return status, lambda: reply(status, body, ctype, headers)
+
+        self.submit(request, arrived, "infer", answer)
+
+    def submit(
+        self,
+        request: InferRequest,
+        arrived: float,
+        endpoint: str,
+        answer: Callable[[Done[BatchResult]], tuple[int, Callable[[], None]]],
+    ) -> None:
+        """Batch a parsed infer request (HTTP's or gRPC's); once done, `answer` encodes it and
+        gives its status code and what sends it, sent after the accounting."""
+        batcher = self.batcher
+        assert batcher is not None  # callers answer 503 before the model is served
         self.inflight += 1
         self.idle.clear()
         self.metrics.inflight.inc()
 
-        def answer(done: Done[BatchResult]) -> None:
+        def finish(done: Done[BatchResult]) -> None:
             self.inflight -= 1
             self.metrics.inflight.dec()
             self._settle()
-            status, body, ctype, headers = _infer_answer(request, done, engine.signature)
+            status, send = answer(done)
             if done.error is None and self.feedback is not None:
                 self.feedback.predicted(request.id, _labels(done))
             latency = time.perf_counter() - arrived
@@ -279,12 +297,12 @@ class App:
                 log.append(request, done.rows, latency)
             self.metrics.latency.observe(latency)
             self.metrics.queue.observe(done.queue_s)
-            self.metrics.answered("infer", status)
+            self.metrics.answered(endpoint, status)
             if self.load is not None:
                 self.load.observe(latency, done.queue_s)
-            reply(status, body, ctype, headers)
+            send()
 
-        batcher.submit(request, request.samples, answer)
+        batcher.submit(request, request.samples, finish)
 
 
 ENDPOINTS = {

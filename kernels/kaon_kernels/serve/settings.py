@@ -7,6 +7,7 @@
 | `--name NAME`          | `KAON_MODEL_NAME`               | model.json's name |
 | `--host H`             | `KAON_SERVE_HOST`               | 0.0.0.0  |
 | `--port P`             | `KAON_SERVE_PORT`               | 8080 (0: any free port) |
+| `--grpc-port P`        | `KAON_SERVE_GRPC_PORT`          | 8001 (0: any free port; -1: no gRPC) |
 | `--max-batch-size N`   | `KAON_SERVE_MAX_BATCH_SIZE`     | 32       |
 | `--max-latency-ms MS`  | `KAON_SERVE_MAX_LATENCY_MS`     | 0 (batch what queued meanwhile) |
 | `--max-payload-bytes B`| `KAON_SERVE_MAX_PAYLOAD_BYTES`  | 16777216 |
@@ -20,7 +21,8 @@
 | `--auth-tokens-dir DIR`| `KAON_AUTH_TOKENS_DIR`          | none (no static tokens) |
 
 With `--auth-audience` or `--auth-tokens-dir`, every request but the health probes and
-`/metrics` needs a bearer token (see `auth`).
+`/metrics` needs a bearer token (see `auth`). The gRPC port serves the same model over the
+V2 gRPC protocol (`grpc_server`), with the same TLS and tokens.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Settings:
     name: str | None = None
     host: str = "0.0.0.0"  # a pod serves on all its interfaces
     port: int = 8080
+    grpc_port: int = 8001  # Triton's; -1: no gRPC
     max_batch_size: int = 32
     max_latency_ms: float = 0.0
     max_payload_bytes: int = 16 * 1024 * 1024
@@ -72,6 +75,13 @@ class Settings:
 # flag/field -> (environment variable, type, lowest, highest, help)
 _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float, str]] = {
     "port": ("KAON_SERVE_PORT", int, 0, 65535, "port to listen on (8080; 0: any free one)"),
+    "grpc_port": (
+        "KAON_SERVE_GRPC_PORT",
+        int,
+        -1,
+        65535,
+        "port of the V2 gRPC endpoint (8001; 0: any free one; -1: no gRPC)",
+    ),
     "max_batch_size": (
         "KAON_SERVE_MAX_BATCH_SIZE",
         int,
@@ -114,7 +124,8 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float, str]] = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kaon_kernels.serve",
-        description="Serve a kaon model artifact over the Open Inference Protocol (V2, HTTP).",
+        description="Serve a kaon model artifact over the Open Inference Protocol (V2, HTTP "
+        "and gRPC).",
     )
     p.add_argument(
         "--model-dir", help="the artifact directory (model.pt, model.json); env KAON_MODEL_DIR"

@@ -41,6 +41,7 @@ from kaon.builders.worker import (
 
 Revision = Literal["stable", "canary"]
 SERVER_PORT = 8080
+GRPC_PORT = 8001  # V2 over gRPC beside HTTP (Triton's port; the operator's metrics use 8081)
 SERVICE_PORT = 80
 MODEL_STORE = "/var/lib/kaon/models"
 # The request log's store credentials: the AWS_* variables behind this prefix (its store may
@@ -205,9 +206,14 @@ def _container(
             str(spec.batching.max_batch_size),
             "--max-latency-ms",
             str(spec.batching.max_latency_ms),
+            "--grpc-port",
+            str(GRPC_PORT),
         ],
         "env": env,
-        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+        "ports": [
+            {"name": "http", "containerPort": SERVER_PORT},
+            {"name": "grpc", "containerPort": GRPC_PORT},
+        ],
         "resources": pod_resources(spec.resources, gpus),
         "securityContext": RESTRICTED,
         # Fetching the model (from a store), loading torch and the model take a while on a
@@ -299,7 +305,8 @@ def service(ref: ServiceRef) -> Obj:
         "spec": {
             "selector": {ISVC_LABEL: ref.name},
             "ports": [
-                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
             ],
         },
     }
