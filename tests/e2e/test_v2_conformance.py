@@ -37,6 +37,8 @@ from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
 from kaon_kernels.artifact import load_artifact
 
+from tlskit import issue
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +76,7 @@ def start_server(model_dir: Path, log: Path, *flags: str) -> Served:
     port = 0
     while time.monotonic() < deadline and proc.poll() is None:
         text = log.read_text()
-        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
+        found = re.search(r"listening on https?://127\.0\.0\.1:(\d+)", text)
         if found and "ready in" in text:
             port = int(found.group(1))
             break
@@ -227,6 +229,39 @@ def test_kserve_rest_client_with_protocol_v2(
         assert answer["id"] == f"kserve-{mode}" and answer["model_name"] == MODEL
         assert answer["outputs"]["label"] == expected[1].tolist()
         np.testing.assert_allclose(answer["outputs"]["logits"], expected[0], rtol=1e-4, atol=1e-4)
+
+
+def test_kserve_grpc_client_over_tls_with_a_token(
+    artifact: Path, digits: np.ndarray, expected: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """KServe's InferenceGRPCClient, unmodified, on the gRPC port of a server that serves TLS
+    and wants a token: `contents` and `raw_input_contents` requests answer as the model does."""
+    issued = issue(tmp_path / "pki", ["localhost"], ("127.0.0.1",))
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens" / "client").write_text("grpc-client-token")
+    tls = ("--tls-cert-file", str(issued.cert), "--tls-key-file", str(issued.key))
+    served = start_server(
+        artifact, tmp_path / "server.log", *tls, "--auth-tokens-dir", str(tmp_path / "tokens")
+    )
+    grpc_port = int(re.findall(r"gRPC listening on \S+:(\d+)", served.log.read_text())[0])
+    (tmp_path / "inputs.json").write_text(json.dumps(digits[:4].tolist()))
+    script = Path(__file__).with_name("kserve_v2_grpc_client.py")
+    env = {"KAON_CLIENT_CA": str(issued.ca), "KAON_CLIENT_TOKEN": "grpc-client-token"}
+    try:
+        inputs = str(tmp_path / "inputs.json")
+        done = subprocess.run(
+            [str(KSERVE_PY), str(script), f"localhost:{grpc_port}", MODEL, inputs],
+            capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **env},
+        )  # fmt: skip
+    finally:
+        stop_server(served)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["ready"] == [True, True, True]
+    for mode in ("contents", "raw"):
+        answer = found[mode]
+        assert answer["id"] == f"kserve-{mode}" and answer["model_name"] == MODEL
+        assert answer["outputs"]["label"] == expected[1][:4].tolist()
 
 
 def call(

@@ -1,11 +1,11 @@
 """The V2 gRPC endpoint on a real socket, beside HTTP on the same loop, asked by unmodified V2
-clients: tritonclient.grpc in-process, KServe's InferenceGRPCClient from its own venv."""
+clients: tritonclient.grpc in-process (KServe's InferenceGRPCClient, from its own venv, in
+tests/e2e/test_v2_conformance.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import threading
 import urllib.request
@@ -236,29 +236,6 @@ def test_grpc_over_tls_with_the_servers_certificate(tmp_path: Path) -> None:
         with pytest.raises(InferenceServerException):
             plain.is_server_live(client_timeout=2)
         plain.close()
-
-
-def test_kserves_grpc_client_infers_with_contents_and_raw_tensors(tmp_path: Path) -> None:
-    issued = tlskit.issue(tmp_path / "pki", ["localhost"], ("127.0.0.1",))
-    (tmp_path / "tokens").mkdir()
-    (tmp_path / "tokens" / "client").write_text(TOKEN)
-    auth = Authenticator(StaticTokens(tmp_path / "tokens", print))
-    inputs = tmp_path / "inputs.json"
-    inputs.write_text(json.dumps(SAMPLES))
-    with running(auth=auth, tls=issued) as server:
-        found = subprocess.run(
-            [str(KSERVE_PYTHON), str(REPO / "tests/e2e/kserve_v2_grpc_client.py"),
-             f"localhost:{server.grpc_port}", "digits", str(inputs)],
-            capture_output=True, text=True, timeout=120, check=False,
-            env={"KAON_CLIENT_CA": str(issued.ca), "KAON_CLIENT_TOKEN": TOKEN, "PATH": "/usr/bin"},
-        )  # fmt: skip
-    assert found.returncode == 0, found.stderr[-3000:]
-    doc = json.loads(found.stdout)
-    assert doc["ready"] == [True, True, True]
-    for mode in ("contents", "raw"):
-        assert doc[mode]["id"] == f"kserve-{mode}" and doc[mode]["model_name"] == "digits"
-        assert doc[mode]["outputs"]["label"] == [0, 1, 2]
-        assert doc[mode]["outputs"]["total"] == pytest.approx([3.0, 7.5, -0.75])
 
 
 if __name__ == "__main__":
