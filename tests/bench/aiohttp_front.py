@@ -18,6 +18,7 @@ Run: `.venv/bin/python tests/bench/aiohttp_front.py --model-dir DIR [--flavor ap
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ from aiohttp import web
 from kaon_kernels.serve.__main__ import EXIT_BAD_INPUT, EXIT_LOAD_FAILED, _start_loading
 from kaon_kernels.serve.app import App
 from kaon_kernels.serve.batcher import Batcher
+from kaon_kernels.serve.eventloop import loop_factory
 from kaon_kernels.serve.http11 import JSON, Request, error_body
 from kaon_kernels.serve.metrics import ServeMetrics
 from kaon_kernels.serve.settings import Settings, SettingsError, artifact_name, parse_settings
@@ -135,6 +137,8 @@ async def serve(settings: Settings, name: str, flavor: str) -> int:
                 settings.max_latency_ms / 1000,
                 app.metrics.observe_batch,
             )
+            gc.collect()
+            gc.freeze()  # as the own layer's server does
             app.start_serving(engine, batcher)
             log(f"ready in {time.monotonic() - started:.2f} s")
     await stopping
@@ -159,10 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = parse_settings(args, os.environ)
         name = settings.name or artifact_name(settings.model_dir)
+        _, new_loop = loop_factory(settings.loop)  # the own layer's loop: only the layer differs
     except SettingsError as err:
         log(str(err))
         return EXIT_BAD_INPUT
-    return asyncio.run(serve(settings, name, flavor))
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(serve(settings, name, flavor))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import re
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:[ \t]*(\d+)")
 
@@ -39,8 +40,8 @@ class User(asyncio.Protocol):
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one
+        self.transport = cast(asyncio.Transport, transport)
         self._send()
 
     def _send(self) -> None:

@@ -28,6 +28,11 @@ V2 gRPC port, and KServe's (its ModelServer opens one). Figures: `serving.grpc.c
 p99_ms}` (value: kaon gRPC, baseline: kaon HTTP JSON at c32, same process) and
 `serving.grpc_vs_kserve.c32.*` (baseline: KServe's gRPC).
 
+The event loop, same run: kaon's server on uvloop (its default where installed) against the same
+server with `--loop asyncio`, V2 JSON at c32: `serving.event_loop.c32.{rps,p50_ms,p99_ms}`
+(value: uvloop, baseline: asyncio's loop). The aiohttp front runs on the same loop as the own
+layer, so the HTTP-layer figures compare the layers only.
+
 The servers run alternately for `--rounds` rounds (2) and each figure keeps its best round, the
 one least disturbed by other load on a shared machine (as kernels.py does).
 
@@ -100,6 +105,10 @@ def kaon_command(model_dir: Path, port: int) -> list[str]:
         "--grpc-port",
         "-1",  # kaon_grpc_command turns it on where it is measured
     ]
+
+
+def kaon_asyncio_command(model_dir: Path, port: int) -> list[str]:
+    return [*kaon_command(model_dir, port), "--loop", "asyncio"]
 
 
 def kaon_grpc_command(model_dir: Path, port: int) -> list[str]:
@@ -321,6 +330,7 @@ def measure(
     cold_starts: int = 3,
     check: Callable[[int], None] | None = None,
     grpc_images: Sequence[list[float]] | None = None,
+    concurrency: Sequence[int] = CONCURRENCY,
 ) -> dict[str, float]:
     """One round: `cold_starts` starts (the last one then serves the load points)."""
     colds = []
@@ -336,7 +346,7 @@ def measure(
         if check is not None:
             check(port)
         for prefix, bodies in loads.items():
-            for users in CONCURRENCY:
+            for users in concurrency:
                 tally = asyncio.run(closed_loop(HOST, port, bodies, users, warmup_s, duration_s))
                 if tally.errors:
                     raise RuntimeError(f"{tally.errors} failed answers, first: {tally.first_error}")
@@ -480,6 +490,8 @@ def main() -> int:
     if not args.http_layer_only:
         servers["kserve"] = kserve_command
     servers["aiohttp"] = aiohttp_command(args.aiohttp_flavor)
+    if not args.http_layer_only:
+        servers["kaon-asyncio"] = kaon_asyncio_command
     with tempfile.TemporaryDirectory(prefix="kaon-serving-bench-") as tmp:
         train_artifact(Path(tmp))
         model_dir = Path(tmp) / "model"
@@ -495,6 +507,19 @@ def main() -> int:
             for name in order:
                 print(f"{name}, round {i + 1}:", flush=True)
                 http = name != "kserve"
+                if name == "kaon-asyncio":  # the event loop's figure: JSON at c32 only
+                    rounds[name].append(
+                        measure(
+                            servers[name],
+                            model_dir,
+                            json_load,
+                            args.warmup,
+                            args.duration,
+                            cold_starts=1,
+                            concurrency=(32,),
+                        )
+                    )
+                    continue
                 rounds[name].append(
                     measure(
                         servers[name],
@@ -521,6 +546,10 @@ def main() -> int:
     aiohttp = best(rounds["aiohttp"])
     layer_keys = [key for key in aiohttp if key != "cold_start_s"]
     entries |= compare("serving.http_layer", ours, aiohttp, layer_keys)
+    if "kaon-asyncio" in rounds:
+        on_asyncio = best(rounds["kaon-asyncio"])
+        loop_keys = [f"c32.{k}" for k in ("rps", "p50_ms", "p99_ms")]
+        entries |= compare("serving.event_loop", ours, on_asyncio, loop_keys)
     print(table(entries))
     return 0
 

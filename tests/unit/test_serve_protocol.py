@@ -139,6 +139,16 @@ def test_json_mistakes_are_refused_naming_the_problem(raw: bytes, words: str) ->
     assert words in refused(raw)
 
 
+def test_json_that_the_fast_decoder_refuses_but_json_allows_is_still_served() -> None:
+    # orjson refuses lone surrogate escapes; the standard decoder takes them, as the server
+    # always has.
+    raw = b'{"id": "a\\ud800b", "inputs": [{"name": "input", "shape": [1, 1, 2, 2], '
+    raw += b'"datatype": "FP32", "data": [1, 2, 3, 18446744073709551616]}]}'
+    req = parse_infer(raw, None, SIG)
+    assert req.id == "a\ud800b"
+    assert list(req.values) == [1.0, 2.0, 3.0, float(2**64)]
+
+
 def test_binary_mistakes_are_refused_naming_the_problem() -> None:
     doc = json.loads(body([tensor(parameters={"binary_data_size": 16})]))
     del doc["inputs"][0]["data"]

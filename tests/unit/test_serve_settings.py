@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
+from kaon_kernels.serve.eventloop import loop_factory
 from kaon_kernels.serve.settings import Settings, SettingsError, artifact_name, parse_settings
 
 
@@ -42,6 +44,8 @@ def test_the_environment_sets_what_the_flags_leave_out() -> None:
         (["--model-dir", "m"], {"KAON_SERVE_MAX_BATCH_SIZE": "0"}, "KAON_SERVE_MAX_BATCH_SIZE: 0"),
         (["--model-dir", "m", "--max-latency-ms", "nan"], {}, "--max-latency-ms: nan is outside"),
         (["--model-dir", "m", "--max-payload-bytes", "10"], {}, "--max-payload-bytes"),
+        (["--model-dir", "m", "--loop", "trio"], {}, "--loop: 'trio' is not one of auto, uvloop"),
+        (["--model-dir", "m"], {"KAON_SERVE_LOOP": "x"}, "KAON_SERVE_LOOP: 'x' is not one of"),
     ],
 )
 def test_bad_settings_name_the_flag_or_variable(
@@ -171,3 +175,21 @@ def test_bad_tls_and_auth_settings_name_the_flag_or_variable(tmp_path: Path) -> 
         with pytest.raises(SettingsError) as caught:
             parse_settings(["--model-dir", "m", *argv], env)
         assert words in str(caught.value), (argv, env)
+
+
+def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert parse_settings(["--model-dir", "m"], {}).loop == "auto"
+    assert parse_settings(["--model-dir", "m"], {"KAON_SERVE_LOOP": "asyncio"}).loop == "asyncio"
+    assert loop_factory("auto")[0] == "uvloop"  # a runtime dependency
+    name, new_loop = loop_factory("asyncio")
+    loop = new_loop()
+    try:
+        assert name == "asyncio" and type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert loop_factory("auto")[0] == "asyncio"
+    with pytest.raises(SettingsError, match="--loop uvloop: uvloop is not installed"):
+        loop_factory("uvloop")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from kaon_kernels.serve.app import App
 from kaon_kernels.serve.auth import Authenticator, authenticator, describe
 from kaon_kernels.serve.batcher import Batcher
+from kaon_kernels.serve.eventloop import loop_factory
 from kaon_kernels.serve.fetch import fetch_model
 from kaon_kernels.serve.load import LoadReporter, drift_report
 from kaon_kernels.serve.metrics import ServeMetrics
@@ -196,6 +198,10 @@ async def serve(
             )
             if settings.logs_requests:
                 app.request_log = start_request_log(settings, name, engine.signature, metrics)
+            # The model and the modules live as long as the process: out of the collector's
+            # full passes, whose pauses were in the tail latency (docs/architecture.md).
+            gc.collect()
+            gc.freeze()
             app.start_serving(engine, batcher)
             log(
                 f"ready in {time.monotonic() - started:.2f} s: max batch "
@@ -252,10 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
             tls = CertReloader(settings.tls_cert_file, settings.tls_key_file, log)
         auth = authenticator(settings, os.environ, log)
+        loop_name, new_loop = loop_factory(settings.loop)
     except SettingsError as err:
         log(str(err))
         return EXIT_BAD_INPUT
-    return asyncio.run(serve(settings, name, tls, auth))
+    log(f"event loop: {loop_name}")
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(serve(settings, name, tls, auth))
 
 
 if __name__ == "__main__":

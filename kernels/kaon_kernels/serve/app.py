@@ -82,6 +82,7 @@ class App:
         self.draining = False  # shutting down: answers close their connections
         self.idle = asyncio.Event()
         self.idle.set()
+        metrics.inflight.set_function(lambda: self.inflight)  # read when scraped, not per request
 
     @property
     def ready(self) -> bool:
@@ -282,11 +283,9 @@ class App:
         assert batcher is not None  # callers answer 503 before the model is served
         self.inflight += 1
         self.idle.clear()
-        self.metrics.inflight.inc()
 
         def finish(done: Done[BatchResult]) -> None:
             self.inflight -= 1
-            self.metrics.inflight.dec()
             self._settle()
             status, send = answer(done)
             if done.error is None and self.feedback is not None:

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from kaon_kernels.serve.http11 import HttpError
 
 # V2 datatype -> (struct/array type code, bytes per element), for the accepted numeric types.
@@ -113,7 +115,6 @@ def _refuse_constant(name: str) -> Any:
 
 # Made once: json.loads and json.dumps build a decoder or encoder per call when given options.
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 _ids = itertools.count(1)
@@ -154,6 +155,12 @@ def parse_infer(body: bytes, header_length: int | None, sig: Signature) -> Infer
 
 
 def _load_json(header: bytes) -> Any:
+    try:
+        return orjson.loads(header)
+    except orjson.JSONDecodeError:
+        # The standard decoder names what is wrong, and takes the JSON that orjson refuses
+        # (lone surrogate escapes, numbers past its range): such requests are served as before.
+        pass
     try:
         return _DECODER.decode(header.decode())
     except _ConstantError as err:
@@ -345,7 +352,7 @@ def encode_infer(
         "id": request.id,
         "outputs": tensors,
     }
-    header = _ENCODER.encode(doc).encode()
+    header = orjson.dumps(doc)
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, cast
 
 from kaon_kernels.serve.app import App
 from kaon_kernels.serve.http11 import CONTINUE, JSON, HttpError, RequestParser, error_body, render
@@ -33,8 +33,8 @@ class Connection(asyncio.Protocol):
         self._processing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one
+        self.transport = cast(asyncio.Transport, transport)
         self.tls = transport.get_extra_info("sslcontext") is not None
         self.registry.add(self)
 

@@ -58,6 +58,7 @@ class Settings:
     tls_key_file: Path | None = None
     auth_audience: str | None = None  # ServiceAccount tokens for it, checked by TokenReview
     auth_tokens_dir: Path | None = None  # a mounted Secret: each file holds an accepted token
+    loop: str = "auto"  # the event loop: uvloop where installed ("auto"), "uvloop" or "asyncio"
 
     @property
     def logs_requests(self) -> bool:
@@ -71,6 +72,8 @@ class Settings:
     def auth(self) -> bool:
         return self.auth_audience is not None or self.auth_tokens_dir is not None
 
+
+LOOPS = ("auto", "uvloop", "asyncio")
 
 # flag/field -> (environment variable, type, lowest, highest, help)
 _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float, str]] = {
@@ -161,6 +164,11 @@ def parser() -> argparse.ArgumentParser:
         help="accept the tokens held by the files of this directory (a mounted Secret, one "
         "token a key); env KAON_AUTH_TOKENS_DIR",
     )
+    p.add_argument(
+        "--loop",
+        help="event loop: auto (uvloop where installed, else asyncio's), uvloop or asyncio; "
+        "env KAON_SERVE_LOOP",
+    )
     for field, (env, _, _low, _high, text) in _NUMBERS.items():
         p.add_argument("--" + field.replace("_", "-"), help=f"{text}; env {env}")
     return p
@@ -193,6 +201,9 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     tokens_dir = _setting(args, env, "--auth-tokens-dir", "KAON_AUTH_TOKENS_DIR")
     if tokens_dir is not None and not Path(tokens_dir[1]).is_dir():
         raise SettingsError(f"{tokens_dir[0]}: {tokens_dir[1]!r} is not a directory")
+    loop = _setting(args, env, "--loop", "KAON_SERVE_LOOP")
+    if loop is not None and loop[1] not in LOOPS:
+        raise SettingsError(f"{loop[0]}: {loop[1]!r} is not one of {', '.join(LOOPS)}")
     numbers: dict[str, int | float] = {}
     for field, (var, kind, low, high, _) in _NUMBERS.items():
         flag = "--" + field.replace("_", "-")
@@ -219,6 +230,7 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
         tls_key_file=Path(key[1]) if key else None,
         auth_audience=audience[1] if audience else None,
         auth_tokens_dir=Path(tokens_dir[1]) if tokens_dir else None,
+        loop=loop[1] if loop else Settings.loop,
         **numbers,  # type: ignore[arg-type]
     )
 
