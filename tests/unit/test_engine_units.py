@@ -87,6 +87,51 @@ async def test_a_key_added_while_handled_runs_once_more_never_at_once() -> None:
     await queue.stop()
 
 
+@on_loop
+async def test_urgent_keys_are_handled_before_the_others_and_once() -> None:
+    seen: list[str] = []
+
+    async def handle(key: str) -> float | None:
+        seen.append(key)
+        return None
+
+    queue: WorkQueue[str] = WorkQueue(handle, workers=1)
+    for key in ("a", "b", "c"):
+        queue.add(key)
+    queue.add("c", urgent=True)  # already waiting: moves ahead, still handled once
+    queue.add("d", urgent=True)
+    queue.add("d")  # waiting in the urgent lane: stays there
+    queue.start()
+    await until(lambda: len(seen) == 4, "every key handled")
+    await spin()
+    assert seen == ["c", "d", "a", "b"]
+    await queue.stop()
+
+
+@on_loop
+async def test_an_urgent_add_while_handled_runs_it_again_ahead_of_the_others() -> None:
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def handle(key: str) -> float | None:
+        seen.append(key)
+        if len(seen) == 1:
+            await release.wait()
+        return None
+
+    queue: WorkQueue[str] = WorkQueue(handle, workers=1)
+    queue.start()
+    queue.add("a")
+    await until(lambda: seen == ["a"], "a handled")
+    queue.add("b")
+    queue.add("a", urgent=True)
+    release.set()
+    await until(lambda: len(seen) == 3, "a again, then b")
+    await spin()
+    assert seen == ["a", "a", "b"]
+    await queue.stop()
+
+
 def calls_made(outcomes: list[BaseException | float | None], n: int) -> Callable[[], bool]:
     return lambda: len(outcomes) == 5 - n
 

@@ -677,7 +677,8 @@ class TrainingJobController(Reconciler):
                     )
                     queue = queue_of[f"{key[0]}/{key[1]}"]
                     await self._patch(body, admitted.model_copy(update={"queue": queue}))
-                    self.queue.add(key)  # the launch need not wait for the Events
+                    self.queue.add(key, urgent=True)  # launched before the Events, and ahead of
+                    # the reconciles that the pod events of gangs launched earlier queued
                     where = f"pool {outcome.pool} in cluster {outcome.cluster}" + (
                         f", queue {queue}" if queue else ""
                     )
