@@ -9,7 +9,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +60,30 @@ def _run(args: argparse.Namespace) -> int:
     priority = _priority(args)
     if args.peering:
         logging.getLogger("kaon").info("peering %s with priority %s", args.peering, priority)
-    asyncio.run(
-        kopf.operator(
-            clusterwide=True,
-            standalone=not args.peering,
-            peering_name=args.peering,
-            priority=priority,
-            liveness_endpoint=args.liveness,
+    with asyncio.Runner(loop_factory=event_loop()) as runner:
+        runner.run(
+            kopf.operator(
+                clusterwide=True,
+                standalone=not args.peering,
+                peering_name=args.peering,
+                priority=priority,
+                liveness_endpoint=args.liveness,
+            )
         )
-    )
     return 0
+
+
+def event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop where installed, as kopf's own CLI runs operators (its TLS and callbacks cost the
+    operator less CPU; docs/architecture.md); KAON_LOOP=asyncio keeps asyncio's loop."""
+    if os.environ.get("KAON_LOOP") != "asyncio":
+        try:
+            import uvloop  # noqa: PLC0415
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def _status_screen(api: Any, args: argparse.Namespace) -> str:
@@ -144,7 +158,8 @@ def _router(args: argparse.Namespace) -> int:
             return 2
     limits = HoldLimits(args.hold_timeout_seconds, args.max_held_requests)
     tls = RouterTLS(args.tls_cert_file, args.tls_key_file, args.replica_ca_file)
-    asyncio.run(serve(hub_kubeconfig(), args.host, args.port, limits, tls))
+    with asyncio.Runner(loop_factory=event_loop()) as runner:
+        runner.run(serve(hub_kubeconfig(), args.host, args.port, limits, tls))
     return 0
 
 

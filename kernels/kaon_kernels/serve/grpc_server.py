@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +32,7 @@ from kaon_kernels.serve.grpc_predict_v2_pb2_grpc import (
 )
 from kaon_kernels.serve.http11 import HttpError
 from kaon_kernels.serve.protocol import BatchResult, InferRequest, parse_infer
-from kaon_kernels.serve.tls import RELOAD_INTERVAL_S, _private_files
+from kaon_kernels.serve.tls import RELOAD_INTERVAL_S, PairWatch
 
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -259,9 +257,6 @@ def _refused(err: CallError | HttpError) -> CallError:
     return err if isinstance(err, CallError) else CallError(err.status, err.message)
 
 
-Stamp = tuple[tuple[int, int, int], tuple[int, int, int]]
-
-
 class CertFetcher:
     """gRPC's certificate configuration fetcher: asked before new handshakes, it hands a new
     configuration once the files changed (looked at every `interval_s` at most) and the pair
@@ -276,45 +271,23 @@ class CertFetcher:
     ) -> None:
         self.cert_file = cert_file
         self.key_file = key_file
-        self.say = say
         self.interval_s = interval_s
-        self._stamp = self._stat()
+        self.watch = PairWatch(cert_file, key_file, say, "gRPC TLS")
         self.initial = grpc.ssl_server_certificate_configuration(
             [(key_file.read_bytes(), cert_file.read_bytes())]
         )
         self._next_look = time.monotonic() + interval_s
-        self._failing = False
 
     def __call__(self) -> Any:
         now = time.monotonic()
         if now < self._next_look:
             return None
         self._next_look = now + self.interval_s
-        try:
-            stamp = self._stat()
-            if stamp == self._stamp:
-                return None
-            cert, key = self.cert_file.read_bytes(), self.key_file.read_bytes()
-            with _private_files(cert, key) as (cert_copy, key_copy):
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_copy, key_copy)
-        except (OSError, ValueError) as err:
-            if not self._failing:
-                self._failing = True
-                self.say(
-                    f"gRPC TLS: keeping the current certificate: the new pair does not load: {err}"
-                )
+        pair = self.watch.renewed(lambda cert, key: None)  # grpc takes the bytes themselves
+        if pair is None:
             return None
-        self._stamp = stamp
-        self._failing = False
-        self.say(f"gRPC TLS: serving the renewed certificate of {self.cert_file}")
+        cert, key = pair
         return grpc.ssl_server_certificate_configuration([(key, cert)])
-
-    def _stat(self) -> Stamp:
-        cert, key = os.stat(self.cert_file), os.stat(self.key_file)
-        return (
-            (cert.st_ino, cert.st_mtime_ns, cert.st_size),
-            (key.st_ino, key.st_mtime_ns, key.st_size),
-        )
 
 
 class GrpcServer:

@@ -30,6 +30,52 @@ def _context() -> ssl.SSLContext:
     return context
 
 
+class PairWatch:
+    """A certificate and key pair on disk: `renewed` hands its bytes once the files changed and
+    the pair loads; a pair that does not load is reported once, until one loads again."""
+
+    def __init__(self, cert_file: Path, key_file: Path, say: Callable[[str], None], what: str):
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.say = say
+        self.what = what  # "TLS" or "gRPC TLS", in what is said
+        self._stamp = self._stat()
+        self._failing = False
+
+    def renewed(self, load: Callable[[str, str], None]) -> tuple[bytes, bytes] | None:
+        """(certificate, key) of a changed pair that loads, after `load` took it from private
+        copies of the very bytes returned; None while nothing changed or it does not load."""
+        try:
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return None
+            cert, key = self.cert_file.read_bytes(), self.key_file.read_bytes()
+            with _private_files(cert, key) as (cert_copy, key_copy):
+                # A pair that fails half-way leaves a context with the new certificate and no
+                # key: try it on a scratch context first.
+                _context().load_cert_chain(cert_copy, key_copy)
+                load(cert_copy, key_copy)
+        except (OSError, ValueError) as err:
+            if not self._failing:
+                self._failing = True
+                self.say(
+                    f"{self.what}: keeping the current certificate: the new pair does not load: "
+                    f"{err}"
+                )
+            return None
+        self._stamp = stamp
+        self._failing = False
+        self.say(f"{self.what}: serving the renewed certificate of {self.cert_file}")
+        return cert, key
+
+    def _stat(self) -> Stamp:
+        cert, key = os.stat(self.cert_file), os.stat(self.key_file)
+        return (
+            (cert.st_ino, cert.st_mtime_ns, cert.st_size),
+            (key.st_ino, key.st_mtime_ns, key.st_size),
+        )
+
+
 class CertReloader:
     """`context` serves `cert_file` and `key_file`; `check` loads them again once they change."""
 
@@ -42,15 +88,13 @@ class CertReloader:
     ) -> None:
         self.cert_file = cert_file
         self.key_file = key_file
-        self.say = say
         self.interval_s = interval_s
         self.context = _context()
         try:
-            self._stamp = self._stat()
+            self.watch = PairWatch(cert_file, key_file, say, "TLS")
             self.context.load_cert_chain(cert_file, key_file)
         except OSError as err:
             raise SettingsError(f"--tls-cert-file/--tls-key-file: cannot load: {err}") from None
-        self._failing = False
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -66,32 +110,7 @@ class CertReloader:
 
     def check(self) -> bool:
         """Load the pair if a file changed since the last load; True when a new pair loaded."""
-        try:
-            stamp = self._stat()
-            if stamp == self._stamp:
-                return False
-            cert, key = self.cert_file.read_bytes(), self.key_file.read_bytes()
-            with _private_files(cert, key) as (cert_copy, key_copy):
-                # A pair that fails half-way leaves a context with the new certificate and no
-                # key: try it on a scratch context first, then load the very same bytes.
-                _context().load_cert_chain(cert_copy, key_copy)
-                self.context.load_cert_chain(cert_copy, key_copy)
-        except (OSError, ValueError) as err:
-            if not self._failing:
-                self._failing = True
-                self.say(f"TLS: keeping the current certificate: the new pair does not load: {err}")
-            return False
-        self._stamp = stamp
-        self._failing = False
-        self.say(f"TLS: serving the renewed certificate of {self.cert_file}")
-        return True
-
-    def _stat(self) -> Stamp:
-        cert, key = os.stat(self.cert_file), os.stat(self.key_file)
-        return (
-            (cert.st_ino, cert.st_mtime_ns, cert.st_size),
-            (key.st_ino, key.st_mtime_ns, key.st_size),
-        )
+        return self.watch.renewed(self.context.load_cert_chain) is not None
 
 
 @contextlib.contextmanager
