@@ -10,7 +10,7 @@ pod Running (each starts once the rig is idle):
   right before kaon, so that both find the rig in the same state;
 - kaon: the operator, as `kaon run` starts it (`--kaon-first`: before the others).
 Also: per-job time to admission (p50, p99), the operator's resident memory at 2N live jobs, and
-for each run the CPU seconds of every rig process and the writes each API server answered.
+for each run the CPU seconds of every rig process and the requests each API server answered (writes, then reads).
 """
 
 from __future__ import annotations
@@ -435,8 +435,11 @@ def cpu_seconds() -> dict[str, float]:
 REQUEST_LINE = re.compile(r"^apiserver_request_total\{(.*)\} (\S+)$")
 
 
-async def write_counts(clients: dict[str, KubeClient]) -> dict[str, float]:
-    """Writes each API server has answered so far, as "cluster verb resource[/sub]"."""
+READS = ("WATCH", "LIST", "GET")
+
+
+async def request_counts(clients: dict[str, KubeClient]) -> dict[str, float]:
+    """Requests each API server has answered so far, as "cluster verb resource[/sub]"."""
     out: dict[str, float] = {}
     for cluster, client in clients.items():
         for line in (await client.text("/metrics")).splitlines():
@@ -444,8 +447,6 @@ async def write_counts(clients: dict[str, KubeClient]) -> dict[str, float]:
             if not m:
                 continue
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-            if labels.get("verb") in ("WATCH", "LIST", "GET"):
-                continue  # reads are few: writes (and the watch events they cause) cost
             sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
             key = f"{cluster} {labels.get('verb')} {labels.get('resource')}{sub}"
             out[key] = out.get(key, 0.0) + float(m.group(2))
@@ -457,7 +458,7 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
 
 
 class Costs:
-    """CPU seconds of every process and writes of every API server, since it was made."""
+    """CPU seconds of every process and requests of every API server, since it was made."""
 
     def __init__(
         self, clients: dict[str, KubeClient], cpu: dict[str, float], writes: dict[str, float]
@@ -466,11 +467,19 @@ class Costs:
 
     @classmethod
     async def since_now(cls, clients: dict[str, KubeClient]) -> Costs:
-        return cls(clients, cpu_seconds(), await write_counts(clients))
+        return cls(clients, cpu_seconds(), await request_counts(clients))
 
     async def so_far(self) -> tuple[dict[str, float], dict[str, float]]:
-        writes = await write_counts(self.clients)
+        writes = await request_counts(self.clients)
         return delta(cpu_seconds(), self.cpu), delta(writes, self.writes)
+
+
+def report_costs(title: str, cpu: dict[str, float], requests: dict[str, float]) -> None:
+    """CPU seconds, then writes, then reads (a watch started again, a relist) of one run."""
+    report(f"CPU seconds, {title}", cpu)
+    reads = {k: v for k, v in requests.items() if k.split()[1] in READS}
+    report(f"API writes, {title}", {k: v for k, v in requests.items() if k not in reads})
+    report(f"API reads, {title}", reads)
 
 
 def report(title: str, figures: dict[str, float]) -> None:
@@ -791,6 +800,7 @@ async def kaon_only(n: int, workers: int) -> None:
         f"kaon: {n * workers} pods in {kaon['elapsed']:.1f}s; at {2 * n} jobs "
         f"RSS {kaon['rss']:.1f} MiB, peak {kaon['peak_rss']:.1f} MiB"
     )
+    report_costs("kaon", kaon["cpu"], kaon["requests"])
 
 
 async def main(
@@ -880,8 +890,7 @@ async def main(
         runs.append(("training-operator", trop[1], trop[2]))
     runs.append(("kaon", kaon["cpu"], kaon["requests"]))
     for title, cpu, requests in runs:
-        report(f"CPU seconds, {title}", cpu)
-        report(f"API writes, {title}", requests)
+        report_costs(title, cpu, requests)
     print(table(entries))
 
 
