@@ -10,7 +10,8 @@ pod Running (each starts once the rig is idle):
   right before kaon, so that both find the rig in the same state;
 - kaon: the operator, as `kaon run` starts it (`--kaon-first`: before the others).
 Also: per-job time to admission (p50, p99), the operator's resident memory at 2N live jobs, and
-for each run the CPU seconds of every rig process and the requests each API server answered (writes, then reads).
+for each run the CPU seconds of every rig process and the requests each API server answered
+(writes, then reads).
 """
 
 from __future__ import annotations
