@@ -9,7 +9,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from kaon import statusview
 from kaon.api import render
 from kaon.api.common import GROUP, VERSION
 from kaon.lifecycle.routing import HoldLimits
+from kaon_kernels.eventloop import LoopFactory, loop_factory
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -73,17 +74,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
+def event_loop() -> LoopFactory:
     """uvloop where installed, as kopf's own CLI runs operators (its TLS and callbacks cost the
     operator less CPU; docs/architecture.md); KAON_LOOP=asyncio keeps asyncio's loop."""
-    if os.environ.get("KAON_LOOP") != "asyncio":
-        try:
-            import uvloop  # noqa: PLC0415
-        except ImportError:
-            pass
-        else:
-            return uvloop.new_event_loop
-    return asyncio.new_event_loop
+    return loop_factory("asyncio" if os.environ.get("KAON_LOOP") == "asyncio" else "auto")[1]
 
 
 def _status_screen(api: Any, args: argparse.Namespace) -> str:

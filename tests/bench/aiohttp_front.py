@@ -28,10 +28,10 @@ from typing import Any
 
 from aiohttp import web
 
+from kaon_kernels.eventloop import loop_factory
 from kaon_kernels.serve.__main__ import EXIT_BAD_INPUT, EXIT_LOAD_FAILED, _start_loading
 from kaon_kernels.serve.app import App
 from kaon_kernels.serve.batcher import Batcher
-from kaon_kernels.serve.eventloop import loop_factory
 from kaon_kernels.serve.http11 import JSON, Request, error_body
 from kaon_kernels.serve.metrics import ServeMetrics
 from kaon_kernels.serve.settings import Settings, SettingsError, artifact_name, parse_settings

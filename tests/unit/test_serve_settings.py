@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kaon_kernels.serve.eventloop import loop_factory
+from kaon_kernels.eventloop import LoopUnavailableError, loop_factory
 from kaon_kernels.serve.settings import Settings, SettingsError, artifact_name, parse_settings
 
 
@@ -191,5 +191,7 @@ def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked(
         loop.close()
     monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
     assert loop_factory("auto")[0] == "asyncio"
-    with pytest.raises(SettingsError, match="--loop uvloop: uvloop is not installed"):
+    with pytest.raises(LoopUnavailableError, match="uvloop is not installed"):
         loop_factory("uvloop")
+    with pytest.raises(ValueError, match="'trio'"):
+        loop_factory("trio")

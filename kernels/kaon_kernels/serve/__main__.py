@@ -28,10 +28,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from kaon_kernels.eventloop import LoopUnavailableError, loop_factory
 from kaon_kernels.serve.app import App
 from kaon_kernels.serve.auth import Authenticator, authenticator, describe
 from kaon_kernels.serve.batcher import Batcher
-from kaon_kernels.serve.eventloop import loop_factory
 from kaon_kernels.serve.fetch import fetch_model
 from kaon_kernels.serve.load import LoadReporter, drift_report
 from kaon_kernels.serve.metrics import ServeMetrics
@@ -258,7 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
             tls = CertReloader(settings.tls_cert_file, settings.tls_key_file, log)
         auth = authenticator(settings, os.environ, log)
-        loop_name, new_loop = loop_factory(settings.loop)
+        try:
+            loop_name, new_loop = loop_factory(settings.loop)
+        except LoopUnavailableError as err:
+            raise SettingsError(f"--loop {settings.loop}: {err}") from None
     except SettingsError as err:
         log(str(err))
         return EXIT_BAD_INPUT

@@ -269,8 +269,6 @@ class CertFetcher:
         say: Callable[[str], None],
         interval_s: float = RELOAD_INTERVAL_S,
     ) -> None:
-        self.cert_file = cert_file
-        self.key_file = key_file
         self.interval_s = interval_s
         self.watch = PairWatch(cert_file, key_file, say, "gRPC TLS")
         self.initial = grpc.ssl_server_certificate_configuration(

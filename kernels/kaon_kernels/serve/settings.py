@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from kaon_kernels.eventloop import LOOPS
+
 
 class SettingsError(ValueError):
     pass
@@ -72,8 +74,6 @@ class Settings:
     def auth(self) -> bool:
         return self.auth_audience is not None or self.auth_tokens_dir is not None
 
-
-LOOPS = ("auto", "uvloop", "asyncio")
 
 # flag/field -> (environment variable, type, lowest, highest, help)
 _NUMBERS: dict[str, tuple[str, type[int] | type[float], float, float, str]] = {

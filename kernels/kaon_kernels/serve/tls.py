@@ -86,8 +86,6 @@ class CertReloader:
         say: Callable[[str], None],
         interval_s: float = RELOAD_INTERVAL_S,
     ) -> None:
-        self.cert_file = cert_file
-        self.key_file = key_file
         self.interval_s = interval_s
         self.context = _context()
         try:
