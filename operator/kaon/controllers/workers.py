@@ -31,16 +31,29 @@ class WorkerOps:
         self.fleet = fleet
         self.settings = settings
         self._namespaces: dict[str, set[str]] = {}
+        self._preparing: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     async def ensure_namespace(self, member: Member, ns: str) -> None:
+        """The namespace and the workers' identity in the member, made once: the gangs launched
+        at once into a new namespace wait for the one that makes them."""
         known = self._namespaces.setdefault(member.name, set())
         if ns in known:
             return
+        key = (member.name, ns)
+        making = self._preparing.get(key)
+        if making is None:
+            making = asyncio.ensure_future(self._make_namespace(member, ns))
+            self._preparing[key] = making
+            making.add_done_callback(lambda _: self._preparing.pop(key, None))
+        await asyncio.shield(making)  # a waiter cancelled does not cancel it for the others
+        known.add(ns)
+
+    @staticmethod
+    async def _make_namespace(member: Member, ns: str) -> None:
         body = {"metadata": {"name": ns, "labels": {MANAGED_BY: MANAGER}}}
         await member.client.create_or_get(paths.namespaces(), body)
         for api_version, plural, obj in worker_identity(ns):
             await member.client.create_or_get(paths.collection(api_version, plural, ns), obj)
-        known.add(ns)
 
     async def launch(
         self,
