@@ -331,6 +331,13 @@ async def clear_pods(members: dict[str, KubeClient], ns: str = NS) -> None:
         await asyncio.sleep(0.5)
 
 
+async def clear_services(client: KubeClient) -> None:
+    listing = await client.get(rest.services(NS))  # Services have no delete-collection
+    await bounded(
+        client.delete(f"{rest.services(NS)}/{s['metadata']['name']}") for s in listing["items"]
+    )
+
+
 async def watch_forever(
     client: KubeClient,
     path: str,
@@ -404,6 +411,7 @@ async def floor_limit(
     async def job(i: int) -> None:
         name, member = f"floor-{i}", MEMBERS[i % 2]
         body = await hub.create(JOBS, job_manifest(name, member, workers))
+        created[name] = time.monotonic()
         body = await hubio.set_finalizers(hub, "trainingjobs", body, [FINALIZER])
         spec = TrainingJobSpec.model_validate(body["spec"])
         placement = JobPlacement(cluster=f"bench-{member}", pool="bench")
@@ -426,8 +434,12 @@ async def floor_limit(
             )
         )
 
-    watcher = RunningPods(members, on_running, workers)
+    # The same observers as kaon's run (each watch is work for the API server it watches).
+    watcher, clock = RunningPods(members, on_running, workers), AdmissionClock(hub)
     watcher.start()
+    clock.start()
+    created: dict[str, float] = {}
+    await asyncio.sleep(0.5)
     costs, machine = await Costs.since_now(clients), MachineCpu()
     t0 = time.monotonic()
     profiles = apiserver_profiles("floor")
@@ -435,17 +447,19 @@ async def floor_limit(
     await watcher.wait(n * workers)
     elapsed = time.monotonic() - t0
     await asyncio.gather(*profiles)
-    progress(f"floor client: {watcher.pace(t0)}; {machine.so_far()}")
+    waits = [clock.admitted[k] - created[k] for k in created if k in clock.admitted]
+    progress(
+        f"floor client: {watcher.pace(t0)}; {machine.so_far()}; "
+        f"admission p50 {statistics.median(waits):.1f} s"
+    )
     await asyncio.gather(*writes)
     cpu, requests = await costs.so_far()
     await watcher.stop()
+    await clock.stop()
     await clear_jobs(hub)
     await clear_pods(members)
-    for client in members.values():  # Services have no delete-collection
-        listing = await client.get(rest.services(NS))
-        await bounded(
-            client.delete(f"{rest.services(NS)}/{s['metadata']['name']}") for s in listing["items"]
-        )
+    for client in members.values():
+        await clear_services(client)
     return elapsed, cpu, requests
 
 
@@ -840,10 +854,7 @@ async def clear_training_operator(client: KubeClient) -> None:
         while (await client.get(PYTORCHJOBS))["items"]:  # noqa: ASYNC110 (the API server's)
             await asyncio.sleep(0.5)
     await clear_pods({TO_MEMBER: client})
-    listing = await client.get(rest.services(NS))  # Services have no delete-collection
-    await bounded(
-        client.delete(f"{rest.services(NS)}/{s['metadata']['name']}") for s in listing["items"]
-    )
+    await clear_services(client)
     await client.delete_if_present(f"{CRDS}/{TO_CRD}")
     await client.delete_if_present(f"{WEBHOOKS}/{TO_WEBHOOK}")
     await client.delete_if_present(f"{rest.namespaces()}/{TO_NS}")  # and the Secret in it
