@@ -873,6 +873,9 @@ async def clear_training_operator(client: KubeClient) -> None:
 async def cleanup(hub: KubeClient, members: dict[str, KubeClient]) -> None:
     with contextlib.suppress(ApiError):  # no operator runs now: release kaon's finalizers
         await clear_jobs(hub)
+        # Pods gone at once first: a namespace whose pods kwok is still deleting gracefully
+        # fails its controller's first pass, and the next comes after minutes of backoff.
+        await clear_pods(members)
     await hub.delete_if_present(f"{rest.namespaces()}/{NS}")
     for member, client in members.items():
         await hub.delete_if_present(

@@ -38,3 +38,13 @@ def test_the_answer_to_a_write_after_the_delete_event_does_not_bring_the_job_bac
     cache.deleted(("ns", "j"))
     assert cache.written(body(7, state="Running")) is None
     assert ("ns", "j") not in cache and len(cache) == 0
+
+
+def test_a_watch_event_is_new_unless_the_cache_held_its_version_already() -> None:
+    cache = ObjectCache()
+    assert cache.observed(body(5, state="Waiting"))  # first seen
+    cache.written(body(6, state="Running"))  # the answer to kaon's own write
+    assert not cache.observed(body(6, state="Running"))  # its watch echo: nothing new
+    assert not cache.observed(body(4, state="Waiting"))  # older: nothing new either
+    assert cache.observed(body(7, state="Succeeded"))  # another writer's change
+    assert cache.observed({**body(0), "metadata": {"namespace": "ns", "name": "j"}})  # no rv

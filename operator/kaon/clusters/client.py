@@ -16,7 +16,7 @@ from typing import Any, cast
 import aiohttp
 import orjson
 import yaml
-from pydantic_core import to_jsonable_python
+from pydantic_core import from_json, to_jsonable_python
 
 from kaon.clusters.kubeconfig import credentials
 
@@ -57,8 +57,10 @@ class WatchExpiredError(Exception):
 IDLE_CONNECTION_S = 3.0
 
 
-# orjson reads and writes the API's JSON: a 5 KB pod's watch event decodes in 44 µs against
-# 80 µs with pydantic_core and 61 µs with json, and a body encodes about 6x faster.
+# Bodies are written with orjson (about 6x faster than pydantic_core). Answers and watch events
+# are read with pydantic_core: orjson decodes a 5 KB pod event in 44 µs against 80 µs, but
+# pydantic_core's string cache shares the strings that thousands of cached pods and jobs repeat;
+# with orjson the operator held 139 MiB at 1000 jobs instead of 116-130 MiB.
 def _dumps(body: Any) -> bytes:
     """A request body; a value orjson does not know (a pydantic model) goes through pydantic."""
     return orjson.dumps(body, default=to_jsonable_python)
@@ -135,7 +137,7 @@ class KubeClient:
             data = _dumps(body) if not isinstance(body, str) else body
             headers["Content-Type"] = content_type
         text = await self._send(method, path, data, params, headers, timeout_s, answer)
-        return cast(Obj, orjson.loads(text)) if text else {}
+        return cast(Obj, from_json(text)) if text else {}
 
     async def text(self, path: str) -> str:
         """A plain-text answer, such as the server's own `/metrics`."""
@@ -240,7 +242,7 @@ class KubeClient:
                 async for line in resp.content:
                     if not line.strip():
                         continue
-                    event = orjson.loads(line)  # pod events are most of the operator's CPU
+                    event = from_json(line)  # pod events are most of the operator's CPU
                     if event["type"] == "ERROR":
                         status = event["object"]
                         if status.get("code") == 410:

@@ -123,10 +123,10 @@ class TrainingJobController(Reconciler):
             self.cache.deleted(key)
             self.memory.forget(key)
             self.want_placement()
-        else:
-            self.cache.observed(body)
+        elif self.cache.observed(body):
             self.queue.add(key)
-        self.on_change(key)
+        # else the echo of kaon's own write: the reconcile that wrote it saw this version
+        self.on_change(key)  # services serving the job's artifact look again, echo or not
 
     def want_placement(self) -> None:
         self._placement_wanted.set()

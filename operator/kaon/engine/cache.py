@@ -50,9 +50,13 @@ class ObjectCache:
     def __init__(self) -> None:
         self._objects: dict[ObjectKey, Obj] = {}
 
-    def observed(self, body: Obj) -> None:
-        """A watch event (ADDED/MODIFIED) for the object."""
+    def observed(self, body: Obj) -> bool:
+        """A watch event (ADDED/MODIFIED) for the object; False when the cache held this
+        version already (the echo of our own write, whose answer was stored): nothing new."""
+        known = self._objects.get(key_of(body))
+        rv = _rv(body)
         self._store(body, add=True)
+        return known is None or rv == 0 or rv > _rv(known)
 
     def written(self, body: Obj) -> Obj | None:
         """The answer to our write; the cached body, or None if the object is gone meanwhile."""
