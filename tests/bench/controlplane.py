@@ -450,7 +450,7 @@ async def floor_limit(
     await watcher.wait(n * workers)
     elapsed = time.monotonic() - t0
     await asyncio.gather(*profiles)
-    waits = [clock.admitted[k] - created[k] for k in created if k in clock.admitted]
+    waits = clock.waits(created)
     progress(
         f"floor client: {watcher.pace(t0)}; {machine.so_far()}; "
         f"admission p50 {statistics.median(waits):.1f} s"
@@ -605,6 +605,10 @@ class AdmissionClock:
     def start(self) -> None:
         self.task = asyncio.create_task(self._watch())
 
+    def waits(self, created: dict[str, float]) -> list[float]:
+        """Seconds from each job's creation to its admission, shortest first."""
+        return sorted(self.admitted[k] - created[k] for k in created if k in self.admitted)
+
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
@@ -670,7 +674,7 @@ async def with_kaon(
         progress(f"kaon: {n * workers} pods running: {watcher.pace(t0)}; {machine.so_far()}")
         await asyncio.gather(*profiles)
         cpu, requests = await costs.so_far()
-        waits = sorted(clock.admitted[k] - created[k] for k in created if k in clock.admitted)
+        waits = clock.waits(created)
         await clock.stop()
         if not memory:
             await watcher.stop()
@@ -910,10 +914,10 @@ async def kaon_round(
 ) -> dict[str, Any]:
     """kaon's run, then its jobs, pods and Services removed (the operator has stopped)."""
     kaon = await with_kaon(clients, n, workers, memory)
-    members = [clients[m] for m in MEMBERS]
+    members = {m: clients[m] for m in MEMBERS}
     await clear_jobs(clients["hub"])
-    await clear_pods({m: clients[m] for m in MEMBERS})
-    for client in members:
+    await clear_pods(members)
+    for client in members.values():
         await clear_services(client)
     return kaon
 

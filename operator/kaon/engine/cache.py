@@ -53,10 +53,7 @@ class ObjectCache:
     def observed(self, body: Obj) -> bool:
         """A watch event (ADDED/MODIFIED) for the object; False when the cache held this
         version already (the echo of our own write, whose answer was stored): nothing new."""
-        known = self._objects.get(key_of(body))
-        rv = _rv(body)
-        self._store(body, add=True)
-        return known is None or rv == 0 or rv > _rv(known)
+        return self._store(body, add=True)
 
     def written(self, body: Obj) -> Obj | None:
         """The answer to our write; the cached body, or None if the object is gone meanwhile."""
@@ -78,13 +75,17 @@ class ObjectCache:
     def items(self) -> Iterator[tuple[ObjectKey, Obj]]:
         return iter(list(self._objects.items()))
 
-    def _store(self, body: Obj, add: bool) -> None:
+    def _store(self, body: Obj, add: bool) -> bool:
+        """Keep `body` if it is newer; whether it may be (a version already held is not: it
+        is not slimmed and stored again). Without a resourceVersion nothing can be told."""
         key = key_of(body)
         known = self._objects.get(key)
         if known is None and not add:
-            return
-        if known is None or _rv(body) >= _rv(known):
+            return False
+        rv, known_rv = _rv(body), -1 if known is None else _rv(known)
+        if rv > known_rv or rv == known_rv == 0:
             self._objects[key] = slim(body)
+        return rv > known_rv or rv == 0
 
 
 M = TypeVar("M")
