@@ -195,3 +195,14 @@ def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked(
         loop_factory("uvloop")
     with pytest.raises(ValueError, match="'trio'"):
         loop_factory("trio")
+
+
+def test_the_server_refuses_to_start_on_uvloop_by_name_where_it_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kaon_kernels.serve.__main__ import EXIT_BAD_INPUT, main  # noqa: PLC0415
+
+    (tmp_path / "model.pt").write_bytes(b"")  # never loaded: the loop is refused first
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert main(["--model-dir", str(tmp_path), "--name", "m", "--loop", "uvloop"]) == EXIT_BAD_INPUT
+    assert "--loop uvloop: uvloop is not installed" in capsys.readouterr().err
